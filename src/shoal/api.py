@@ -1,0 +1,116 @@
+"""The Python API: `shoal.fit(model, train_set, eval_set, config)`.
+
+The same call works in a plain script (a world of one), in a script run under `torchrun`,
+and in the workers `shoal train` spawns; `run_job` is what those workers run for a job file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from shoal import config as config_mod
+from shoal.config import JobConfig
+from shoal.data import load as load_data
+from shoal.dist import DistEnv, init_distributed
+from shoal.errors import ShoalError
+from shoal.models import build_model
+from shoal.run_dir import RunDir
+from shoal.train.progress import print_summary
+from shoal.train.trainer import FitResult, LossFn, Trainer, plan_for, total_steps
+
+
+def as_config(config: JobConfig | dict | str | Path | None, overrides: list[str] = ()) -> JobConfig:
+    if isinstance(config, JobConfig):
+        return config_mod.validate(config_mod.apply_overrides(config.model_dump(), list(overrides))) if overrides else config
+    if isinstance(config, (str, Path)):
+        return config_mod.load_job(config, overrides)
+    return config_mod.validate(config_mod.apply_overrides(config or {}, list(overrides)))
+
+
+def check_batching(cfg: JobConfig, n_train: int, world: int) -> None:
+    """Reject layouts that cannot give every rank and micro-batch an equal share."""
+    t = cfg.train
+    if t.global_batch_size % (world * t.grad_accum):
+        raise ShoalError(
+            f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum = "
+            f"{world} x {t.grad_accum} = {world * t.grad_accum}; pick a multiple of {world * t.grad_accum}"
+        )
+    if total_steps(cfg, plan_for(cfg, n_train, world)) == 0:
+        raise ShoalError(
+            f"train: nothing to train: {n_train} training samples give 0 steps with global_batch_size = "
+            f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
+        )
+
+
+def set_threads(cfg: JobConfig) -> None:
+    """Share the cores between the processes on this machine instead of oversubscribing them."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = cfg.train.threads or max((os.cpu_count() or 1) // local_world, 1)
+    torch.set_num_threads(threads)
+
+
+def _infer_classes(*datasets: Dataset | None) -> int:
+    labels = [d.tensors[-1] for d in datasets if isinstance(d, TensorDataset)]
+    if not labels:
+        raise ShoalError("fit(): pass num_classes= when the data sets are not TensorDatasets")
+    return int(torch.cat(labels).max()) + 1
+
+
+def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
+        *, num_classes: int | None = None, loss_fn: LossFn = F.cross_entropy, out: str | Path | None = None,
+        overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True) -> FitResult:
+    """Train `model` data-parallel over however many processes launched this script.
+
+    `loss_fn(output, target, reduction="sum")` must return the sum over the samples (the
+    trainer normalises it by the global batch). The returned model is the unwrapped module.
+    """
+    cfg = as_config(config, overrides)
+    env = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
+    set_threads(cfg)
+    check_batching(cfg, len(train_set), env.world_size)
+    classes = num_classes or _infer_classes(train_set, eval_set)
+    run_dir = None
+    if out is not None and env.is_main:
+        run_dir = RunDir(Path(out), overwrite)
+        run_dir.write_config(config_mod.to_toml(cfg))
+    torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
+    trainer = Trainer(cfg, env, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress)
+    result = trainer.fit()
+    if run_dir is not None:
+        run_dir.save_model({k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+        run_dir.close()
+    if summary and env.is_main:
+        print_summary(summary_rows(cfg, env, result))
+    return result
+
+
+def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, str]]:
+    rows = [("job", cfg.name), ("processes", f"{env.world_size} ({env.backend}, {env.device.type})"), ("steps", str(r.steps)),
+            ("wall time", f"{r.wall_s:.1f} s"), ("throughput", f"{r.samples_per_s:,.0f} samples/s"), ("final train loss", f"{r.train_loss:.4f}")]
+    rows += [(f"eval {k}", f"{v:.4f}") for k, v in r.eval.items()]
+    if r.run_dir:
+        rows.append(("run directory", r.run_dir))
+    return rows
+
+
+def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False) -> dict[str, Any]:
+    """What every worker of `shoal train` runs (under shoal's launcher or torchrun)."""
+    splits = load_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, out=out, overwrite=overwrite)
+    return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}
+
+
+def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool) -> dict[str, Any]:
+    """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line."""
+    try:
+        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite)
+    except ShoalError as err:
+        return {"error": str(err)}

@@ -1,0 +1,5 @@
+"""Gradient compression applied on the data-parallel all-reduce."""
+
+from shoal.compress.hooks import register_hook
+
+__all__ = ["register_hook"]

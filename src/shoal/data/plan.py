@@ -1,0 +1,82 @@
+"""Which samples each rank uses at every step.
+
+scope "batch": the epoch's sample order depends only on the seed; global batch k is a fixed
+slice of it, and only the dealing of that batch to ranks depends on the world size. Training
+on 1, 2 or 4 processes therefore sees the same global batches, which is what makes data
+parallel numerically equal to single-process training (and lets a run resume on another
+world size).
+
+scope "dataset": each rank owns one fixed shard of the data for the whole run (data never
+moves between nodes); global batch k is the union of every rank's k-th local slice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from shoal.data.partition import deal, rng_for
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    n_samples: int
+    global_batch: int
+    world: int
+    strategy: str = "contiguous"
+    scope: str = "batch"
+    shuffle: bool = True
+    drop_last: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("batch", "dataset"):
+            raise ValueError(f"unknown partition scope {self.scope!r}")
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world
+
+    def shards(self) -> list[np.ndarray]:
+        """scope "dataset": the fixed shard of each rank."""
+        return deal(self.n_samples, self.world, self.strategy, self.seed)
+
+    def steps_per_epoch(self) -> int:
+        if self.scope == "batch":
+            round_ = math.floor if self.drop_last else math.ceil
+            return int(round_(self.n_samples / self.global_batch))
+        sizes = [len(s) for s in self.shards()]
+        if self.drop_last:
+            return min(sizes) // self.local_batch
+        return math.ceil(max(sizes) / self.local_batch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n_samples)
+        return _permutation(self.n_samples, self.seed, 0, epoch)
+
+    def step(self, epoch: int, step: int) -> list[np.ndarray]:
+        """Dataset indices of every rank at (epoch, step); the global batch is their union."""
+        if self.scope == "batch":
+            batch = self.epoch_order(epoch)[step * self.global_batch : (step + 1) * self.global_batch]
+            return [batch[part] for part in deal(len(batch), self.world, self.strategy, self.seed, 2, epoch, step)]
+        out = []
+        for rank, shard in enumerate(_shards(self)):
+            if self.shuffle:
+                shard = shard[_permutation(len(shard), self.seed, 3, epoch, rank)]
+            out.append(shard[step * self.local_batch : (step + 1) * self.local_batch])
+        return out
+
+
+@lru_cache(maxsize=16)
+def _permutation(n: int, seed: int, *stream: int) -> np.ndarray:
+    """Cached: every step of an epoch slices the same order."""
+    return rng_for(seed, *stream).permutation(n)
+
+
+@lru_cache(maxsize=4)
+def _shards(plan: BatchPlan) -> list[np.ndarray]:
+    return plan.shards()

@@ -1,0 +1,64 @@
+"""Model registry: built-in names, or a user factory `package.module:function`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from shoal.config import ModelConfig
+from shoal.errors import ShoalError
+from shoal.models.cnn import build_cnn
+from shoal.models.mlp import build_mlp
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda shape, classes, cfg: build_mlp(shape, classes, cfg.hidden, cfg.dropout),
+    "cnn": lambda shape, classes, cfg: build_cnn(shape, classes, cfg.channels, dropout=cfg.dropout),
+}
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ShoalError(f"model.name: '{spec}' is neither a built-in ({', '.join(BUILTIN)}) nor a factory 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ShoalError(f"model.name: cannot import module '{module_name}' ({err}); is it installed or on PYTHONPATH?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ShoalError(f"model.name: module '{module_name}' has no function '{attr}'")
+    return factory
+
+
+def _call_factory(factory: Callable[..., nn.Module], shape, classes: int, cfg: ModelConfig) -> nn.Module:
+    params = inspect.signature(factory).parameters
+    kwargs = dict(cfg.kwargs)
+    if "input_shape" in params:
+        kwargs.setdefault("input_shape", shape)
+    if "num_classes" in params:
+        kwargs.setdefault("num_classes", classes)
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        raise ShoalError(f"model.kwargs: {cfg.name} rejected its arguments ({err})") from None
+    if not isinstance(model, nn.Module):
+        raise ShoalError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """The same seed gives the same initial weights on every rank and every world size."""
+    torch.manual_seed(seed)
+    if cfg.name in BUILTIN:
+        try:
+            return BUILTIN[cfg.name](input_shape, num_classes, cfg)
+        except ValueError as err:
+            raise ShoalError(f"model.name: {err}") from None
+    return _call_factory(resolve_factory(cfg.name), input_shape, num_classes, cfg)
+
+
+__all__ = ["build_cnn", "build_mlp", "build_model", "resolve_factory"]

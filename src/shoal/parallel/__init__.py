@@ -1,0 +1,1 @@
+"""Parallel strategies: each is `apply(model, env, cfg)` in a file of its own."""

@@ -1,0 +1,130 @@
+"""The training loop. It knows nothing of which parallel strategy wrapped the model.
+
+The loss of every micro-batch is its sample sum divided by the size of the whole global
+batch and multiplied by the world size; the all-reduce averages over ranks, so the update is
+exactly the global-batch mean, however the batch was dealt (uneven and empty shares too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from shoal.config import JobConfig
+from shoal.data import BatchPlan, microbatches
+from shoal.dist import DistEnv
+from shoal.parallel import data as data_parallel
+from shoal.run_dir import RunDir
+from shoal.train.metrics import evaluate, global_mean
+from shoal.train.optim import build_optimizer, build_scheduler
+from shoal.train.progress import ProgressView
+
+LossFn = Callable[..., torch.Tensor]  # loss_fn(output, target, reduction="sum")
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    steps: int
+    world_size: int
+    wall_s: float
+    samples_per_s: float
+    train_loss: float
+    eval: dict[str, float] = field(default_factory=dict)
+    run_dir: str | None = None
+
+
+def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
+    d = cfg.data
+    return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
+
+
+def total_steps(cfg: JobConfig, plan: BatchPlan) -> int:
+    return cfg.train.steps or cfg.train.epochs * plan.steps_per_epoch()
+
+
+class Trainer:
+    def __init__(self, cfg: JobConfig, env: DistEnv, model: nn.Module, train_set: Dataset, eval_set: Dataset | None,
+                 num_classes: int, run_dir: RunDir | None = None, loss_fn: LossFn = F.cross_entropy, show_progress: bool = True):
+        self.cfg, self.env, self.run_dir, self.loss_fn = cfg, env, run_dir, loss_fn
+        self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
+        self.plan = plan_for(cfg, len(train_set), env.world_size)
+        self.steps = total_steps(cfg, self.plan)
+        self.model = data_parallel.apply(model, env, cfg.comm)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
+        self.progress = ProgressView(self.steps, show_progress and env.is_main)
+
+    def _log(self, record: dict) -> None:
+        if self.run_dir is not None and self.env.is_main:
+            self.run_dir.log(record)
+
+    def train_step(self, epoch: int, step_in_epoch: int) -> tuple[float, int, float]:
+        """One optimizer step; returns this rank's share of the global mean loss, global samples, and data wait."""
+        t0 = time.perf_counter()
+        batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.env.rank,
+                                    self.cfg.train.grad_accum, self.env.device))
+        data_wait = time.perf_counter() - t0
+        scale = self.env.world_size / batches[0].global_count
+        loss_share = 0.0
+        for i, mb in enumerate(batches):
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.model.no_sync():
+                loss = self.loss_fn(self.model(mb.inputs), mb.targets, reduction="sum") * scale
+                loss.backward()
+            loss_share += loss.item() / self.env.world_size
+        if self.cfg.train.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_share, batches[0].global_count, data_wait
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_set is None:
+            return {}
+        batch = max(self.cfg.train.global_batch_size // self.env.world_size, 256)
+        return evaluate(self.model, self.eval_set, self.env, self.num_classes, batch, self.loss_fn)
+
+    def fit(self) -> FitResult:
+        cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
+        self.model.train()
+        start = window_start = time.perf_counter()
+        window_loss = window_samples = window_steps = window_wait = 0.0
+        seen, last_loss, last_eval = 0, float("nan"), {}
+        for step in range(self.steps):
+            epoch, in_epoch = divmod(step, spe)
+            loss_share, samples, wait = self.train_step(epoch, in_epoch)
+            window_loss += loss_share
+            window_samples += samples
+            window_steps += 1
+            window_wait += wait
+            seen += samples
+            done = step + 1
+            if done % cfg.log_every == 0 or done == self.steps:
+                loss_sum, = global_mean([window_loss], self.env)
+                elapsed = time.perf_counter() - window_start
+                last_loss = loss_sum / window_steps
+                rate = window_samples / elapsed
+                self._log({"kind": "train", "step": done, "epoch": epoch, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
+                           "samples_per_s": rate, "data_wait_s": window_wait / window_steps, "time_s": time.perf_counter() - start})
+                self.progress.update(done, f"loss {last_loss:.4f}  {rate:,.0f} samples/s")
+                window_start, window_loss, window_samples, window_steps, window_wait = time.perf_counter(), 0.0, 0.0, 0, 0.0
+            end_of_epoch = done % spe == 0
+            if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done == self.steps:
+                last_eval = self.evaluate()
+                if last_eval:
+                    self._log({"kind": "eval", "step": done, "epoch": epoch, **last_eval})
+                    self.progress.note(f"eval @ step {done}: loss {last_eval['loss']:.4f}  accuracy {last_eval['accuracy']:.4f}")
+                window_start = time.perf_counter()  # throughput counts training, not evaluation
+        wall = time.perf_counter() - start
+        self.progress.close()
+        return FitResult(data_parallel.unwrap(self.model), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
+                         last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)
