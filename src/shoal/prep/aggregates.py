@@ -1,0 +1,145 @@
+"""Exact aggregates over a Dask dataframe, one streaming pass each.
+
+Each function maps a small numpy summary over the partitions and merges the summaries
+on the client, so memory holds a few partitions at a time, never the whole data.
+Means and variances are merged with Chan's pairwise update (numerically stable, the
+same result as a single pass up to float rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+import pandas as pd
+
+from shoal.prep._columns import as_float
+
+
+def per_partition(frame, function, *args) -> list:
+    """Run function(partition, *args) on every partition and return the results in order."""
+    parts = frame.to_delayed()
+    task = dask.delayed(function, pure=True)
+    return list(dask.compute(*[task(part, *args) for part in parts]))
+
+
+@dataclass
+class Moments:
+    """Count, extremes, mean and sum of squared deviations of each column (NaN skipped)."""
+
+    columns: list[str]
+    count: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    rows: int
+
+    def variance(self, ddof: int) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > ddof, self.m2 / (self.count - ddof), np.nan)
+
+    def merge(self, other: "Moments") -> "Moments":
+        n = self.count + other.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = other.mean - self.mean
+            mean = np.where(n > 0, self.mean + delta * other.count / np.maximum(n, 1), np.nan)
+            m2 = self.m2 + other.m2 + delta**2 * self.count * other.count / np.maximum(n, 1)
+        mean = np.where(self.count == 0, other.mean, np.where(other.count == 0, self.mean, mean))
+        m2 = np.where(self.count == 0, other.m2, np.where(other.count == 0, self.m2, m2))
+        return Moments(
+            self.columns,
+            n,
+            np.fmin(self.minimum, other.minimum),
+            np.fmax(self.maximum, other.maximum),
+            mean,
+            m2,
+            self.rows + other.rows,
+        )
+
+
+def _partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
+    values = as_float(part, columns)
+    present = ~np.isnan(values)
+    count = present.sum(axis=0).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), np.nan)
+        m2 = np.nansum((values - mean) ** 2, axis=0)
+        minimum = np.nanmin(values, axis=0) if len(values) else np.full(len(columns), np.nan)
+        maximum = np.nanmax(values, axis=0) if len(values) else np.full(len(columns), np.nan)
+    return Moments(columns, count, minimum, maximum, mean, m2, len(part))
+
+
+def moments(frame, columns: list[str]) -> Moments:
+    """Exact count/min/max/mean/M2 of numeric columns in one pass."""
+    parts = per_partition(frame[columns] if columns else frame.iloc[:, :0], _partition_moments, columns)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+
+
+def _partition_scatter(part: pd.DataFrame, columns: list[str]):
+    values = as_float(part, columns)
+    missing = int(np.isnan(values).sum())
+    values = values[~np.isnan(values).any(axis=1)]
+    n = len(values)
+    mean = values.mean(axis=0) if n else np.zeros(len(columns))
+    centered = values - mean
+    return n, mean, centered.T @ centered, missing
+
+
+def covariance(frame, columns: list[str]):
+    """Exact mean vector and covariance matrix (ddof=1) plus the count of missing cells."""
+    parts = per_partition(frame[columns], _partition_scatter, columns)
+    n, mean, scatter, missing = 0, np.zeros(len(columns)), np.zeros((len(columns),) * 2), 0
+    for pn, pmean, pscatter, pmissing in parts:
+        missing += pmissing
+        if pn == 0:
+            continue
+        total = n + pn
+        delta = pmean - mean
+        scatter = scatter + pscatter + np.outer(delta, delta) * n * pn / total
+        mean = mean + delta * pn / total
+        n = total
+    cov = scatter / (n - 1) if n > 1 else np.full_like(scatter, np.nan)
+    return n, mean, cov, missing
+
+
+def value_counts(frame, column: str) -> pd.Series:
+    """Exact counts of each distinct non-missing value (a distributed groupby)."""
+    return frame[column].value_counts(dropna=True).compute()
+
+
+def mode_of(counts: pd.Series):
+    """The most frequent value; ties go to the smallest, as pandas' Series.mode() does."""
+    if counts.empty:
+        return None
+    top = counts[counts == counts.max()].index
+    return _plain(sorted(top)[0])
+
+
+def distinct_counts(frame, columns: list[str]) -> dict[str, int]:
+    """Exact number of distinct non-missing values per column (memory grows with distinct values)."""
+    results = dask.compute(*[frame[c].nunique(dropna=True) for c in columns])
+    return {c: int(r) for c, r in zip(columns, results)}
+
+
+def _plain(value):
+    """numpy scalars -> Python scalars, so parameters serialize to JSON unchanged."""
+    return value.item() if hasattr(value, "item") else value
+
+
+class _quiet:
+    """Silence numpy's all-NaN warnings: all-missing columns are reported, not warned about."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
