@@ -23,6 +23,11 @@ class ModelConfig(Section):
     channels: list[int] = Field([16, 32], description="cnn: channels of its two conv layers")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier (0 keeps runs exactly reproducible across world sizes)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments passed to a factory")
+    layers: int = Field(4, ge=1, description="gpt: transformer blocks")
+    dim: int = Field(128, ge=1, description="gpt: model width")
+    heads: int = Field(4, ge=1, description="gpt: attention heads (must divide dim, and be divisible by parallel.tp)")
+    mlp_ratio: int = Field(4, ge=1, description="gpt: MLP width / model width")
+    tie_head: bool = Field(False, description="gpt: share the embedding matrix with the output head (not with parallel.pp > 1)")
 
 
 class DataConfig(Section):
@@ -46,6 +51,7 @@ class DataConfig(Section):
     synthetic_samples: int = Field(4096, ge=1, description="synthetic: number of samples")
     synthetic_features: int = Field(32, ge=1, description="synthetic: features per sample")
     synthetic_classes: int = Field(4, ge=2, description="synthetic: number of classes")
+    seq_len: int = Field(64, ge=1, description="shakespeare: characters per training sequence")
 
 
 class OptimizerConfig(Section):
@@ -86,6 +92,27 @@ class DistConfig(Section):
     timeout_s: float = Field(300.0, gt=0.0, description="seconds a collective may wait before the job fails")
 
 
+class ParallelConfig(Section):
+    """How the model and each batch are split over the processes: dp x fsdp x tp x pp = world size."""
+
+    dp: int = Field(0, ge=0, description="replicas that each see a different part of the batch (0 = the processes the other dims leave)")
+    fsdp: int = Field(1, ge=1, description="shard parameters, gradients and optimizer state over this many processes (ZeRO-3)")
+    tp: int = Field(1, ge=1, description="tensor parallel: split each layer's matrices over this many processes")
+    pp: int = Field(1, ge=1, description="pipeline parallel: split the layers into this many stages")
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved"] = Field("1f1b", description="pipeline schedule")
+    microbatches: int = Field(0, ge=0, description="pipeline micro-batches per step and replica (0 = 2 x pp)")
+    stages_per_rank: int = Field(2, ge=1, description="interleaved: model chunks each pipeline rank holds")
+    pp_split: list[str] = Field([], description="module names that begin a new stage (empty = balanced automatically)")
+    pp_balance: Literal["cost", "time", "layers"] = Field("cost", description="automatic split by estimated FLOPs+parameters, measured time, or equal layer count")
+    pp_speeds: list[float] = Field([], description="relative speed of each pipeline rank (empty = equal; with pp_measure_speed, measured)")
+    pp_measure_speed: bool = Field(False, description="measure each pipeline rank's matmul speed and give faster ranks more layers")
+    tp_plan: dict[str, Literal["colwise", "rowwise", "sequence"]] = Field({}, description="module path -> style (empty = the model's own plan, or colwise/rowwise pairs of its Linear layers)")
+    sequence_parallel: bool = Field(True, description="tp: shard norms and residuals over the sequence (gpt)")
+    activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead of keeping them")
+    meta_init: bool = Field(False, description="build the model on the meta device and materialize only this process's shards")
+    parallelize: str = Field("", description="a hook 'package.module:function' called as f(model, mesh, config) instead of the built-in strategies")
+
+
 class JobConfig(Section):
     """A whole job. Every field has a default, so an empty file is a valid (tiny) job."""
 
@@ -99,6 +126,7 @@ class JobConfig(Section):
     train: TrainConfig = TrainConfig()
     comm: CommConfig = CommConfig()
     dist: DistConfig = DistConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     @model_validator(mode="after")
     def _data_source_has_path(self) -> "JobConfig":
@@ -191,5 +219,5 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"  # quoted: keys may hold dots
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
