@@ -1,10 +1,10 @@
 """DDP communication hooks chosen by name in the job file.
 
 fp16 and PowerSGD come from torch. torch's own bf16 hook refuses to run unless the backend
-is NCCL (it checks by name), although gloo reduces bf16 correctly, so bf16 is ours.
+is NCCL (it checks the hook's *function name*), although gloo reduces bf16 correctly, so bf16
+is ours, under a name DDP does not check.
 """
 
-from __future__ import annotations
 
 import torch
 import torch.distributed as dist
@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from shoal.config import CommConfig
 
 
-def bf16_compress_hook(process_group: dist.ProcessGroup | None, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def bfloat16_allreduce_hook(process_group: dist.ProcessGroup | None, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """All-reduce the bucket in bfloat16 (half the bytes of fp32), average, and cast back."""
     group = process_group if process_group is not None else dist.group.WORLD
     world = dist.get_world_size(group)
@@ -29,7 +29,7 @@ def bf16_compress_hook(process_group: dist.ProcessGroup | None, bucket: dist.Gra
     return future.then(decompress)
 
 
-def register_hook(ddp: DistributedDataParallel, cfg: CommConfig) -> object | None:
+def register_hook(ddp: DistributedDataParallel, cfg: CommConfig) -> "object | None":
     """Install the configured hook; returns its state (PowerSGD keeps error feedback there)."""
     if cfg.hook == "none":
         return None
@@ -37,7 +37,7 @@ def register_hook(ddp: DistributedDataParallel, cfg: CommConfig) -> object | Non
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
     if cfg.hook == "bf16":
-        ddp.register_comm_hook(None, bf16_compress_hook)
+        ddp.register_comm_hook(None, bfloat16_allreduce_hook)
         return None
     state = powerSGD_hook.PowerSGDState(
         process_group=None,
