@@ -18,7 +18,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which network to train."""
 
-    name: str = Field("mlp", description="built-in `mlp` or `cnn`, or a factory `package.module:function`")
+    name: str = Field("mlp", description="built-in `mlp`, `cnn` or `gpt`, or a factory `package.module:function`")
     hidden: list[int] = Field([128], description="mlp: widths of the hidden layers")
     channels: list[int] = Field([16, 32], description="cnn: channels of its two conv layers")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier (0 keeps runs exactly reproducible across world sizes)")
@@ -33,7 +33,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where samples come from and how they are split across ranks."""
 
-    name: str = Field("digits", description="mnist | digits | synthetic | npz | parquet")
+    name: str = Field("digits", description="mnist | digits | synthetic | npz | parquet | shakespeare (characters, for model.name = gpt)")
     path: str = Field("", description="npz file or parquet file/directory (a `shoal prep` output with manifest.json)")
     features: list[str] = Field([], description="parquet: feature columns (default: the manifest's)")
     label: str = Field("", description="parquet: label column (default: the manifest's)")

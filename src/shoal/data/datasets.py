@@ -18,9 +18,10 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from shoal.config import DataConfig
+from shoal.data.text import load_shakespeare, sizes as text_sizes
 from shoal.errors import ShoalError
 
-BUILTIN = ("mnist", "digits", "synthetic", "npz", "parquet")
+BUILTIN = ("mnist", "digits", "synthetic", "npz", "parquet", "shakespeare")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -30,6 +31,7 @@ class DataSpec:
     num_classes: int
     n_train: int
     n_eval: int
+    task: str = "classify"  # or "lm": next-token prediction, targets are sequences
 
 
 @dataclass
@@ -183,13 +185,16 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     _check_name(cfg)
     loaders = {"mnist": lambda: _load_mnist(cfg), "digits": lambda: _load_digits(cfg, seed),
                "synthetic": lambda: _load_synthetic(cfg, seed), "npz": lambda: _load_npz(cfg, seed),
-               "parquet": lambda: _load_parquet(cfg, seed)}
+               "parquet": lambda: _load_parquet(cfg, seed),
+               "shakespeare": lambda: load_shakespeare(cfg.seq_len, cfg.eval_fraction, cfg.limit_train, cfg.limit_eval)}
     train, eval_ = loaders[cfg.name]()
     if len(train) == 0:
         raise ShoalError(f"data: the training split of '{cfg.name}' is empty; check data.path, data.limit_train and data.eval_fraction")
     y_all = torch.cat([train.tensors[1], eval_.tensors[1]])
     if (y_all < 0).any():
         raise ShoalError("data: labels must be class codes 0..C-1; found a negative label")
+    if cfg.name == "shakespeare":
+        return Splits(train, eval_ if len(eval_) else None, describe(cfg, seed))
     spec = DataSpec(tuple(train.tensors[0].shape[1:]), int(y_all.max()) + 1, len(train), len(eval_))
     return Splits(train, eval_ if len(eval_) else None, spec)
 
@@ -204,5 +209,8 @@ def describe(cfg: DataConfig, seed: int) -> DataSpec:
         return DataSpec((1, 8, 8), 10, *_split_sizes(1797, cfg))
     if cfg.name == "synthetic":
         return DataSpec((cfg.synthetic_features,), cfg.synthetic_classes, *_split_sizes(cfg.synthetic_samples, cfg))
+    if cfg.name == "shakespeare":
+        n_train, n_eval, vocab = text_sizes(cfg.seq_len, cfg.eval_fraction, cfg.limit_train, cfg.limit_eval)
+        return DataSpec((cfg.seq_len,), vocab, n_train, n_eval, "lm")
     return load(cfg, seed).spec  # user files: reading them is the only honest check
 

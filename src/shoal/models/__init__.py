@@ -12,11 +12,13 @@ from torch import nn
 from shoal.config import ModelConfig
 from shoal.errors import ShoalError
 from shoal.models.cnn import build_cnn
+from shoal.models.gpt import build_gpt
 from shoal.models.mlp import build_mlp
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda shape, classes, cfg: build_mlp(shape, classes, cfg.hidden, cfg.dropout),
     "cnn": lambda shape, classes, cfg: build_cnn(shape, classes, cfg.channels, dropout=cfg.dropout),
+    "gpt": lambda shape, vocab, cfg: build_gpt(shape[0], vocab, cfg.dim, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.tie_head, torch.initial_seed()),
 }
 
 
@@ -61,4 +63,4 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     return _call_factory(resolve_factory(cfg.name), input_shape, num_classes, cfg)
 
 
-__all__ = ["build_cnn", "build_mlp", "build_model", "resolve_factory"]
+__all__ = ["build_cnn", "build_gpt", "build_mlp", "build_model", "resolve_factory"]
