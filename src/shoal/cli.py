@@ -8,6 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # recent typer vendors click; older ones use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
+
 from shoal.errors import ShoalError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -52,9 +57,23 @@ def show_config() -> None:
     typer.echo(render_markdown())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Every user error ends as one line on stderr and exit code 2; bugs keep their traceback."""
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except ShoalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        _fail(str(err))
+    except click_errors.NoArgsIsHelpError as err:
+        print(err.ctx.get_help() if err.ctx else "see shoal --help")
+        sys.exit(0)
+    except click_errors.UsageError as err:
+        where = f"shoal {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "shoal --help"
+        _fail(f"{err.format_message()} (see {where})")
+    except click_errors.Abort:
+        _fail("aborted")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

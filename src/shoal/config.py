@@ -139,7 +139,7 @@ def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "job"
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{where}': remove it or check its spelling (see `shoal config --help` or docs/config.md)"
+        return f"unknown key '{where}': remove it or check its spelling (`shoal config` lists every key)"
     msg = first["msg"].removeprefix("Value error, ")
     given = first.get("input")
     shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None else ""

@@ -17,11 +17,15 @@ import pandas as pd
 from shoal.prep._columns import as_float
 
 
+def lazy_per_partition(frame, function, *args) -> list:
+    """function(partition, *args) for every partition, as delayed results (to compute with others)."""
+    task = dask.delayed(function, pure=True)
+    return [task(part, *args) for part in frame.to_delayed()]
+
+
 def per_partition(frame, function, *args) -> list:
     """Run function(partition, *args) on every partition and return the results in order."""
-    parts = frame.to_delayed()
-    task = dask.delayed(function, pure=True)
-    return list(dask.compute(*[task(part, *args) for part in parts]))
+    return list(dask.compute(*lazy_per_partition(frame, function, *args)))
 
 
 @dataclass
@@ -71,13 +75,21 @@ def _partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
     return Moments(columns, count, minimum, maximum, mean, m2, len(part))
 
 
-def moments(frame, columns: list[str]) -> Moments:
-    """Exact count/min/max/mean/M2 of numeric columns in one pass."""
-    parts = per_partition(frame[columns] if columns else frame.iloc[:, :0], _partition_moments, columns)
+def _merge_all(parts: list[Moments]) -> Moments:
     total = parts[0]
     for part in parts[1:]:
         total = total.merge(part)
     return total
+
+
+def lazy_moments(frame, columns: list[str]):
+    """A delayed Moments, so a caller can compute it in the same pass as other aggregates."""
+    return dask.delayed(_merge_all)(lazy_per_partition(frame[columns], _partition_moments, columns))
+
+
+def moments(frame, columns: list[str]) -> Moments:
+    """Exact count/min/max/mean/M2 of numeric columns in one pass."""
+    return lazy_moments(frame, columns).compute()
 
 
 def _partition_scatter(part: pd.DataFrame, columns: list[str]):
@@ -120,9 +132,13 @@ def mode_of(counts: pd.Series):
     return _plain(sorted(top)[0])
 
 
+def lazy_distinct_counts(frame, columns: list[str]) -> list:
+    """Exact number of distinct non-missing values per column, lazily (memory grows with distinct values)."""
+    return [frame[c].nunique(dropna=True) for c in columns]
+
+
 def distinct_counts(frame, columns: list[str]) -> dict[str, int]:
-    """Exact number of distinct non-missing values per column (memory grows with distinct values)."""
-    results = dask.compute(*[frame[c].nunique(dropna=True) for c in columns])
+    results = dask.compute(*lazy_distinct_counts(frame, columns))
     return {c: int(r) for c, r in zip(columns, results)}
 
 

@@ -27,6 +27,8 @@ class Source(_Strict):
     rename: dict[str, str] = Field(default_factory=dict)
     dtypes: dict[str, str] = Field(default_factory=dict)
     partitions: int | None = Field(default=None, ge=1)
+    unique_on: list[str] | None = None
+    """Keep the first row per key, e.g. a lookup table that will be joined on these keys."""
     blocksize: str = "64MB"
 
 

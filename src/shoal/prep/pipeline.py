@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -157,6 +158,8 @@ def _run(config: Pipeline, base_dir: Path, staging: Path, fitted: dict | None) -
     sources = _sources_for(config, base_dir)
     frame = sources[config.base_source]
     ctx = StepContext(sources=sources, label=config.label.column if config.label else None, applying=applying)
+    ctx.scratch = staging / "_scratch"
+    ctx.scratch.mkdir()
     params = fitted["params"] if applying else []
     for i, step in enumerate(config.step):
         ctx.where = f"step {i + 1} ({step.op})"
@@ -179,6 +182,7 @@ def _run(config: Pipeline, base_dir: Path, staging: Path, fitted: dict | None) -
         ctx.stats["output"] = column_statistics(frame)
     stats_path = write_stats(ctx.stats, staging)
     shards, shard_rows = write_shards(frame, staging)
+    shutil.rmtree(ctx.scratch)
     if not shards:
         raise ShoalError("no rows are left after the steps; loosen the drop rules")
     label = ctx.label if ctx.label in frame.columns else None

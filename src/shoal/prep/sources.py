@@ -11,6 +11,8 @@ import dask.dataframe as dd
 from shoal.errors import ShoalError
 from shoal.prep._columns import require_columns
 from shoal.prep.config import Source
+from shoal.prep.steps import StepContext
+from shoal.prep.steps.integrate import DropDuplicates
 
 
 def package_dir(package: str) -> Path:
@@ -76,6 +78,9 @@ def read_source(source: Source, base_dir: Path):
         raise ShoalError(f"source '{source.name}' ({path}) is empty: no rows")
     if source.partitions and source.partitions != frame.npartitions:
         frame = frame.repartition(npartitions=source.partitions)
+    if source.unique_on:
+        where = f"source '{source.name}'.unique_on"
+        frame = DropDuplicates(op="drop_duplicates", subset=source.unique_on).apply(frame, None, StepContext({}, None, where=where))
     return frame
 
 

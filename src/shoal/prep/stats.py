@@ -9,7 +9,7 @@ import dask
 import numpy as np
 
 from shoal.prep._columns import is_numeric
-from shoal.prep.aggregates import distinct_counts, moments
+from shoal.prep.aggregates import lazy_distinct_counts, lazy_moments
 from shoal.prep.quantiles import exact_quantiles
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75]
@@ -24,11 +24,16 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     """
     columns = list(frame.columns) if columns is None else columns
     numeric = [c for c in columns if is_numeric(frame.dtypes[c])]
-    summary = moments(frame, numeric) if numeric else None
+    # one pass for moments, counts and distinct values; quantiles then need two more
+    summary, counts, rows, uniques = dask.compute(
+        lazy_moments(frame, numeric) if numeric else None,
+        frame[columns].count(),
+        frame.shape[0],
+        lazy_distinct_counts(frame, columns) if distinct else [],
+    )
+    uniques = dict(zip(columns, uniques))
     levels = sorted(set(quantiles) | {0.5})
     qs = exact_quantiles(frame, numeric, levels, "linear", summary) if numeric else {}
-    counts, rows = dask.compute(frame[columns].count(), frame.shape[0])
-    uniques = distinct_counts(frame, columns) if distinct else {}
     out = {}
     for c in columns:
         entry = {"dtype": str(frame.dtypes[c]), "count": int(counts[c]), "missing": int(rows - counts[c])}
@@ -45,7 +50,7 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
                 std=float(np.sqrt(var)),
             )
         if distinct:
-            entry["distinct"] = uniques[c]
+            entry["distinct"] = int(uniques[c])
         out[c] = entry
     return {"rows": int(rows), "columns": out}
 

@@ -5,6 +5,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from shoal.prep.steps.base import Step, StepContext
+from shoal.prep.steps.checkpoint import Checkpoint
 from shoal.prep.steps.describe import Stats
 from shoal.prep.steps.clean import DropColumns, DropRows, Fill, Outliers
 from shoal.prep.steps.integrate import Cast, Derive, DropDuplicates, Join, Rename, Units
@@ -12,7 +13,7 @@ from shoal.prep.steps.reduce import PCA, DropConstant, DropIdentifiers, Variance
 from shoal.prep.steps.transform import Discretize, Generalize, MinMax, OneHot, Ordinal, Standardize
 
 STEP_TYPES = (
-    Stats,
+    Stats, Checkpoint,
     Join, Rename, Cast, Units, Derive, DropDuplicates,
     Fill, Outliers, DropRows, DropColumns,
     PCA, DropConstant, DropIdentifiers, VarianceThreshold,

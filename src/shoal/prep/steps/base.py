@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +20,7 @@ class StepContext:
     applying: bool = False
     where: str = "step"
     stats: dict[str, Any] = field(default_factory=dict)
+    scratch: Path | None = None
 
 
 class Step(BaseModel):

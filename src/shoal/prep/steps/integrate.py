@@ -32,7 +32,12 @@ TYPES = ("float64", "float32", "int64", "Int64", "bool", "string", "datetime")
 
 
 class Join(Step):
-    """Join another source onto the frame by keys (broadcast when the other side is small)."""
+    """Join another source onto the frame by keys.
+
+    left/inner joins broadcast the other source to every partition of the frame, so row
+    order and partitions are kept (the other source must fit in a worker's memory, as
+    lookup tables do); right/outer joins shuffle both sides by key.
+    """
 
     op: Literal["join"]
     source: str
@@ -62,6 +67,8 @@ class Join(Step):
                     f"({other.dtypes[rk]}) have different types; add a cast step"
                 )
         suffix = self.suffix if self.suffix is not None else f"_{self.source}"
+        if self.how in ("left", "inner") and other.npartitions > 1:
+            other = other.repartition(npartitions=1)  # a one-partition side is joined to each partition in place
         merged = frame.merge(other, how=self.how, left_on=left, right_on=right, suffixes=("", suffix))
         extra = [r for l, r in zip(left, right) if r != l and r in merged.columns and r not in frame.columns]
         return merged.drop(columns=extra) if extra else merged

@@ -1,0 +1,46 @@
+"""What the strategies need to know of a model's structure: its chain of layers.
+
+A model is a chain when forward() is layer after layer, one tensor in and one out: an
+nn.Sequential, or any module with `pipeline_layers()` naming its parts in order (gpt).
+The pipeline cuts between them; FSDP and activation checkpointing wrap the ones with weights.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from shoal.errors import ShoalError
+
+
+def chain(model: nn.Module) -> list[str] | None:
+    if hasattr(model, "pipeline_layers"):
+        return list(model.pipeline_layers())
+    if isinstance(model, nn.Sequential):
+        return [name for name, _ in model.named_children()]
+    return None
+
+
+def require_chain(model: nn.Module, why: str) -> list[str]:
+    names = chain(model)
+    if not names:
+        raise ShoalError(
+            f"{why}: {type(model).__name__} is not a chain of layers; make it an nn.Sequential, give it a "
+            "pipeline_layers() method naming its layers in forward order, or take control with parallel.parallelize"
+        )
+    return names
+
+
+def blocks(model: nn.Module) -> list[str]:
+    """Units worth wrapping one by one (FSDP, checkpointing): the model's own list, else chain layers with weights."""
+    if hasattr(model, "checkpoint_layers"):
+        return list(model.checkpoint_layers())
+    names = chain(model) or []
+    return [n for n in names if any(True for _ in model.get_submodule(n).parameters())]
+
+
+def has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
