@@ -6,6 +6,7 @@ and in the workers `shoal train` spawns; `run_job` is what those workers run for
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from shoal.config import JobConfig
 from shoal.data import load as load_data
 from shoal.dist import DistEnv, init_distributed
 from shoal.errors import ShoalError
+from shoal.dist.mesh import check_layout
 from shoal.models import build_model
+from shoal.models.gpt import lm_loss
 from shoal.run_dir import RunDir
 from shoal.train.progress import print_summary
 from shoal.train.trainer import FitResult, LossFn, Trainer, plan_for, total_steps
@@ -37,15 +40,37 @@ def as_config(config: JobConfig | dict | str | Path | None, overrides: list[str]
 def check_batching(cfg: JobConfig, n_train: int, world: int) -> None:
     """Reject layouts that cannot give every rank and micro-batch an equal share."""
     t = cfg.train
+    dims = check_layout(cfg.parallel, world)
+    world = dims.dp_size  # the batch is dealt over the data-parallel ranks; tp and pp peers share theirs
     if t.global_batch_size % (world * t.grad_accum):
         raise ShoalError(
             f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum = "
             f"{world} x {t.grad_accum} = {world * t.grad_accum}; pick a multiple of {world * t.grad_accum}"
         )
+    if dims.pp > 1:
+        check_pipeline_batches(cfg, n_train, dims)
     if total_steps(cfg, plan_for(cfg, n_train, world)) == 0:
         raise ShoalError(
             f"train: nothing to train: {n_train} training samples give 0 steps with global_batch_size = "
             f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
+        )
+
+
+def check_pipeline_batches(cfg: JobConfig, n_train: int, dims) -> None:
+    """A pipeline schedule fixes its micro-batch shapes at the first step: every step must split evenly."""
+    micro = cfg.parallel.microbatches or 2 * dims.pp
+    local = cfg.train.global_batch_size // dims.dp_size // cfg.train.grad_accum
+    if local % micro:
+        raise ShoalError(
+            f"parallel.microbatches = {micro} must divide the per-replica batch global_batch_size / (dp x fsdp) / grad_accum = "
+            f"{cfg.train.global_batch_size} / {dims.dp_size} / {cfg.train.grad_accum} = {local}"
+        )
+    plan = plan_for(cfg, n_train, dims.dp_size)
+    short_last = n_train % cfg.train.global_batch_size and not cfg.data.drop_last and cfg.data.partition_scope == "batch"
+    if short_last and total_steps(cfg, plan) >= plan.steps_per_epoch():
+        raise ShoalError(
+            f"data: the last batch of an epoch has {n_train % cfg.train.global_batch_size} samples, which a pipeline cannot split "
+            f"like the others; set data.drop_last = true or make train.global_batch_size divide {n_train}"
         )
 
 
@@ -83,8 +108,9 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
     trainer = Trainer(cfg, env, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress)
     result = trainer.fit()
+    state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
     if run_dir is not None:
-        run_dir.save_model({k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+        run_dir.save_model(state)
         run_dir.close()
     if summary and env.is_main:
         print_summary(summary_rows(cfg, env, result))
@@ -103,8 +129,10 @@ def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, 
 def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False) -> dict[str, Any]:
     """What every worker of `shoal train` runs (under shoal's launcher or torchrun)."""
     splits = load_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
-    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, out=out, overwrite=overwrite)
+    with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
+        model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
+    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out, overwrite=overwrite)
     return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}
 
 

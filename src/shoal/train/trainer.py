@@ -7,11 +7,11 @@ exactly the global-batch mean, however the batch was dealt (uneven and empty sha
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +20,13 @@ from torch.utils.data import Dataset
 from shoal.config import JobConfig
 from shoal.data import BatchPlan, microbatches
 from shoal.dist import DistEnv
-from shoal.parallel import data as data_parallel
+from shoal import parallel
+from shoal.data import fetch
+from shoal.dist.mesh import check_layout
+from shoal.parallel.runtime import Pipelined, Replicated
 from shoal.run_dir import RunDir
+from shoal.train.layout_eval import evaluate_layout
+from shoal.train.memory import peak_rss_mb, state_mb
 from shoal.train.metrics import evaluate, global_mean
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
@@ -55,12 +60,20 @@ class Trainer:
                  num_classes: int, run_dir: RunDir | None = None, loss_fn: LossFn = F.cross_entropy, show_progress: bool = True):
         self.cfg, self.env, self.run_dir, self.loss_fn = cfg, env, run_dir, loss_fn
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
-        self.plan = plan_for(cfg, len(train_set), env.world_size)
+        self.dims = check_layout(cfg.parallel, env.world_size)
+        self.plan = plan_for(cfg, len(train_set), self.dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
         self.steps = total_steps(cfg, self.plan)
-        self.model = data_parallel.apply(model, env, cfg.comm)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
+        self.layout = parallel.build(model, env, cfg, self._sample_microbatch())
+        self.model = self.layout.model
+        self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
+        self.state_mb: float | None = None
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
+
+    def _sample_microbatch(self) -> torch.Tensor:
+        """Inputs of one pipeline micro-batch: what stage costs are measured on."""
+        size = max(self.plan.local_batch // self.cfg.train.grad_accum // (self.cfg.parallel.microbatches or 2 * self.dims.pp), 1)
+        return fetch(self.train_set, np.arange(min(size, len(self.train_set))))[0].to(self.env.device)
 
     def _log(self, record: dict) -> None:
         if self.run_dir is not None and self.env.is_main:
@@ -69,20 +82,18 @@ class Trainer:
     def train_step(self, epoch: int, step_in_epoch: int) -> tuple[float, int, float]:
         """One optimizer step; returns this rank's share of the global mean loss, global samples, and data wait."""
         t0 = time.perf_counter()
-        batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.env.rank,
+        batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.layout.dp_rank,
                                     self.cfg.train.grad_accum, self.env.device))
         data_wait = time.perf_counter() - t0
-        scale = self.env.world_size / batches[0].global_count
+        scale = self.dims.dp_size / batches[0].global_count
         loss_share = 0.0
         for i, mb in enumerate(batches):
-            last = i == len(batches) - 1
-            with contextlib.nullcontext() if last else self.model.no_sync():
-                loss = self.loss_fn(self.model(mb.inputs), mb.targets, reduction="sum") * scale
-                loss.backward()
-            loss_share += loss.item() / self.env.world_size
+            loss_share += self.layout.forward_backward(mb.inputs, mb.targets, self.loss_fn, scale, sync=i == len(batches) - 1)
         if self.cfg.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+            self.layout.clip_grad_norm_(self.cfg.train.clip_grad_norm)
         self.optimizer.step()
+        if self.state_mb is None:  # parameters, gradients and optimizer state all exist now
+            self.state_mb = state_mb(self.layout.parameters(), self.optimizer)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_share, batches[0].global_count, data_wait
@@ -91,11 +102,17 @@ class Trainer:
         if self.eval_set is None:
             return {}
         batch = max(self.cfg.train.global_batch_size // self.env.world_size, 256)
-        return evaluate(self.model, self.eval_set, self.env, self.num_classes, batch, self.loss_fn)
+        if isinstance(self.layout, Replicated) and fetch(self.eval_set, np.arange(1))[1].dim() == 1:
+            return evaluate(self.model, self.eval_set, self.env, self.num_classes, batch, self.loss_fn)
+        if isinstance(self.layout, Pipelined):  # the schedule's shapes are fixed by the training micro-batches
+            batch = self.plan.local_batch // self.cfg.train.grad_accum
+        return evaluate_layout(self.layout, self.eval_set, batch, self.loss_fn)
 
     def fit(self) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
-        self.model.train()
+        self.layout.train()
+        if self.dims.model_parallel:
+            self._log({"kind": "layout", **self.layout.info})
         start = window_start = time.perf_counter()
         window_loss = window_samples = window_steps = window_wait = 0.0
         seen, last_loss, last_eval = 0, float("nan"), {}
@@ -114,7 +131,8 @@ class Trainer:
                 last_loss = loss_sum / window_steps
                 rate = window_samples / elapsed
                 self._log({"kind": "train", "step": done, "epoch": epoch, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
-                           "samples_per_s": rate, "data_wait_s": window_wait / window_steps, "time_s": time.perf_counter() - start})
+                           "samples_per_s": rate, "data_wait_s": window_wait / window_steps, "time_s": time.perf_counter() - start,
+                           "state_mb": self.state_mb, "peak_rss_mb": peak_rss_mb()})
                 self.progress.update(done, f"loss {last_loss:.4f}  {rate:,.0f} samples/s")
                 window_start, window_loss, window_samples, window_steps, window_wait = time.perf_counter(), 0.0, 0.0, 0, 0.0
             end_of_epoch = done % spe == 0
@@ -126,5 +144,5 @@ class Trainer:
                 window_start = time.perf_counter()  # throughput counts training, not evaluation
         wall = time.perf_counter() - start
         self.progress.close()
-        return FitResult(data_parallel.unwrap(self.model), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
+        return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
                          last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)

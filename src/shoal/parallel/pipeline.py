@@ -1,0 +1,125 @@
+"""Pipeline parallel: cut the chain of layers into stages and run them with a
+`torch.distributed.pipelining` schedule (GPipe, 1F1B, or interleaved 1F1B).
+
+A stage is a `StageChain` holding its layers under their original names, so its state_dict
+keys are the unsplit model's and the gathered model.pt needs no renaming. With the interleaved
+schedule each rank holds `stages_per_rank` stages: stage s lives on pipeline rank s % pp.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+from shoal.config import ParallelConfig
+from shoal.dist.mesh import ParallelDims
+from shoal.errors import ShoalError
+from shoal.parallel import balance
+from shoal.parallel.layers import require_chain
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B}
+
+
+class StageChain(nn.Module):
+    """A contiguous run of the model's layers, registered under their original dotted names."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.names = list(names)
+        for name in names:
+            *path, leaf = name.split(".")
+            parent = self
+            for part in path:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.add_module(leaf, model.get_submodule(name))
+
+    def pipeline_layers(self) -> list[str]:
+        return self.names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            x = self.get_submodule(name)(x)
+        return x
+
+
+def n_stages(dims: ParallelDims, cfg: ParallelConfig) -> int:
+    return dims.pp * (cfg.stages_per_rank if cfg.pp_schedule == "interleaved" else 1)
+
+
+def microbatch_count(dims: ParallelDims, cfg: ParallelConfig) -> int:
+    return cfg.microbatches or 2 * dims.pp
+
+
+def stage_speeds(dims: ParallelDims, cfg: ParallelConfig, stages: int) -> list[float]:
+    """Relative speed of each stage's owner: given, measured (slowest replica of each pipeline rank), or equal."""
+    if cfg.pp_speeds:
+        per_rank = list(cfg.pp_speeds)
+    elif cfg.pp_measure_speed:
+        mine = torch.tensor([balance.matmul_speed()], dtype=torch.float64)
+        every = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        per_rank = [min(float(t) for r, t in enumerate(every) if dims.coords(r)["pp"] == p) for p in range(dims.pp)]
+    else:
+        per_rank = [1.0] * dims.pp
+    return [per_rank[s % dims.pp] for s in range(stages)]
+
+
+def _cuts_from_names(names: list[str], split: list[str], stages: int) -> list[int]:
+    unknown = [s for s in split if s not in names]
+    if unknown:
+        raise ShoalError(f"parallel.pp_split: {unknown[0]!r} is not one of the model's layers {names}")
+    cuts = [names.index(s) for s in split]
+    if len(cuts) != stages - 1 or cuts != sorted(set(cuts)) or 0 in cuts:
+        raise ShoalError(f"parallel.pp_split: give {stages - 1} distinct layer names in forward order, none the first layer (got {split})")
+    return cuts
+
+
+def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg: ParallelConfig) -> balance.Split:
+    """Where to cut; every rank computes the same answer (measured times come from rank 0)."""
+    names = require_chain(model, f"parallel.pp = {dims.pp}")
+    stages = n_stages(dims, cfg)
+    if stages > len(names):
+        raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers, the model has {len(names)} ({', '.join(names)})")
+    speeds = stage_speeds(dims, cfg, stages)
+    if cfg.pp_balance == "time":
+        costs = torch.tensor(balance.timed_costs(model, names, sample), dtype=torch.float64)
+        dist.broadcast(costs, src=0)
+        costs = costs.tolist()
+    else:
+        costs = balance.flop_costs(model, names, sample)
+    if cfg.pp_split:
+        cuts = _cuts_from_names(names, cfg.pp_split, stages)
+    elif cfg.pp_balance == "layers":
+        cuts = balance.equal_counts(len(names), stages)
+    else:
+        cuts = balance.partition(costs, speeds)
+    return balance.make_split(names, costs, speeds, cuts)
+
+
+def check_untied(stages: list[list[str]], model: nn.Module) -> None:
+    owner: dict[int, int] = {}
+    for s, names in enumerate(stages):
+        for name in names:
+            for p in model.get_submodule(name).parameters():
+                if owner.setdefault(id(p), s) != s:
+                    raise ShoalError("parallel.pp: a parameter is shared by two pipeline stages (tied weights); set model.tie_head = false")
+
+
+def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) -> dict[int, StageChain]:
+    check_untied(split.stages, model)
+    return {s: StageChain(model, names) for s, names in enumerate(split.stages) if s % pp == pp_rank}
+
+
+def build_schedule(stages: dict[int, nn.Module], total: int, dims: ParallelDims, cfg: ParallelConfig, device: torch.device, loss_fn):
+    """The schedule sums micro-batch losses as they come (scale_grads=False): loss_fn already normalises."""
+    group = dims.submesh("pp").get_group()
+    pipeline_stages = [PipelineStage(module, s, total, device, group=group) for s, module in sorted(stages.items())]
+    schedule_cls = SCHEDULES[cfg.pp_schedule]
+    micro = microbatch_count(dims, cfg)
+    if cfg.pp_schedule == "interleaved":
+        return schedule_cls(pipeline_stages, micro, loss_fn=loss_fn, scale_grads=False), pipeline_stages
+    return schedule_cls(pipeline_stages[0], micro, loss_fn=loss_fn, scale_grads=False), pipeline_stages

@@ -1,0 +1,130 @@
+"""How a parallelized model takes a step: what the trainer calls, whatever the layout.
+
+`forward_backward` returns this rank's share of the global-batch mean loss (shares summed
+over the world give the mean), so the trainer logs one number without knowing who holds
+the loss: every rank under DDP, each tensor-parallel peer once, only the last pipeline stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+
+from shoal.dist import DistEnv
+from shoal.dist.mesh import ParallelDims
+from shoal.parallel import gather, norm
+
+
+class Layout:
+    def __init__(self, modules: list[nn.Module], dims: ParallelDims, env: DistEnv, key_order: list[str]):
+        self.modules, self.dims, self.env, self.key_order = modules, dims, env, key_order
+        self.info: dict = {"layout": dims.describe()}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.modules[0]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules for p in m.parameters()]
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dims.dp_rank(self.env.rank)
+
+    @property
+    def holds_output(self) -> bool:
+        """This rank computes the model's output (and so the loss)."""
+        return True
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules:
+            m.train(mode)
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, scale: float, sync: bool) -> float:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Model output on ranks that hold it (None elsewhere); a collective among model-parallel peers."""
+        return self.model(x)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        return norm.clip_grad_norm_(self.parameters(), max_norm, self.dims)
+
+    def full_state_dict(self) -> dict | None:
+        return gather.full_state_dict(self.modules, self.dims, self.env.rank, self.key_order)
+
+    def unwrap(self) -> nn.Module:
+        return self.model
+
+
+class Replicated(Layout):
+    """DDP: every rank a whole replica (the path data parallel always took, numerics unchanged)."""
+
+    def forward_backward(self, x, y, loss_fn, scale, sync):
+        with contextlib.nullcontext() if sync else self.model.no_sync():
+            loss = loss_fn(self.model(x), y, reduction="sum") * scale
+            loss.backward()
+        return loss.item() / self.env.world_size
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+
+    def full_state_dict(self) -> dict | None:
+        return {k: v.detach().cpu() for k, v in self.unwrap().state_dict().items()} if self.env.is_main else None
+
+    def unwrap(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+
+class Sharded(Layout):
+    """FSDP2 and/or tensor parallel: one module, collectives inside forward and backward."""
+
+    def forward_backward(self, x, y, loss_fn, scale, sync):
+        if isinstance(self.model, FSDPModule):
+            self.model.set_requires_gradient_sync(sync)
+        loss = loss_fn(self.model(x), y, reduction="sum") * scale
+        loss.backward()
+        return loss.item() / (self.dims.dp_size * self.dims.tp)
+
+
+class Pipelined(Layout):
+    """Pipeline stages driven by a schedule, which runs forward and backward of all micro-batches itself."""
+
+    def __init__(self, modules, dims, env, key_order, schedule, stages, micro_loss: "MicroLoss"):
+        super().__init__(modules, dims, env, key_order)
+        self.schedule, self.stages, self.micro_loss = schedule, stages, micro_loss
+        self.first = any(s.is_first for s in stages)
+        self.last = any(s.is_last for s in stages)
+
+    @property
+    def holds_output(self) -> bool:
+        return self.last
+
+    def forward_backward(self, x, y, loss_fn, scale, sync):
+        self.micro_loss.loss_fn, self.micro_loss.scale = loss_fn, scale
+        losses: list[torch.Tensor] = []
+        args = (x,) if self.first else ()
+        self.schedule.step(*args, target=y if self.last else None, losses=losses if self.last else None)
+        if not self.last:
+            return 0.0
+        return float(sum(l.item() for l in losses)) / (self.dims.dp_size * self.dims.tp)
+
+    def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        args = (x,) if self.first else ()
+        out = self.schedule.eval(*args, target=y if self.last else None)
+        return out if self.last else None
+
+
+class MicroLoss:
+    """The schedule's loss_fn: the trainer's summed loss times the step's normalisation."""
+
+    def __init__(self):
+        self.loss_fn: Callable | None = None
+        self.scale = 1.0
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output, target, reduction="sum") * self.scale
