@@ -63,7 +63,7 @@ class Moments:
         )
 
 
-def _partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
+def partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
     values = as_float(part, columns)
     present = ~np.isnan(values)
     count = present.sum(axis=0).astype(np.int64)
@@ -75,7 +75,7 @@ def _partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
     return Moments(columns, count, minimum, maximum, mean, m2, len(part))
 
 
-def _merge_all(parts: list[Moments]) -> Moments:
+def merge_moments(parts: list[Moments]) -> Moments:
     total = parts[0]
     for part in parts[1:]:
         total = total.merge(part)
@@ -84,7 +84,7 @@ def _merge_all(parts: list[Moments]) -> Moments:
 
 def lazy_moments(frame, columns: list[str]):
     """A delayed Moments, so a caller can compute it in the same pass as other aggregates."""
-    return dask.delayed(_merge_all)(lazy_per_partition(frame[columns], _partition_moments, columns))
+    return dask.delayed(merge_moments)(lazy_per_partition(frame[columns], partition_moments, columns))
 
 
 def moments(frame, columns: list[str]) -> Moments:
@@ -132,13 +132,9 @@ def mode_of(counts: pd.Series):
     return _plain(sorted(top)[0])
 
 
-def lazy_distinct_counts(frame, columns: list[str]) -> list:
-    """Exact number of distinct non-missing values per column, lazily (memory grows with distinct values)."""
-    return [frame[c].nunique(dropna=True) for c in columns]
-
-
 def distinct_counts(frame, columns: list[str]) -> dict[str, int]:
-    results = dask.compute(*lazy_distinct_counts(frame, columns))
+    """Exact number of distinct non-missing values per column (memory grows with distinct values)."""
+    results = dask.compute(*[frame[c].nunique(dropna=True) for c in columns])
     return {c: int(r) for c, r in zip(columns, results)}
 
 

@@ -170,6 +170,7 @@ def _run(config: Pipeline, base_dir: Path, staging: Path, fitted: dict | None) -
             params.append(step.fit(frame, ctx))
         frame = step.apply(frame, params[i], ctx)
     frame, classes = _encode_label(frame, config, ctx, fitted["label_classes"] if applying else None)
+    frame = frame.optimize()  # the partition count dask will really run (it may fuse Parquet reads)
     if config.output.shards and config.output.shards != frame.npartitions:
         frame = frame.repartition(npartitions=config.output.shards)
     features = _features(frame, config)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-import dask
 import numpy as np
 
 from shoal.prep._columns import is_numeric
-from shoal.prep.aggregates import lazy_distinct_counts, lazy_moments
+from shoal.prep.aggregates import distinct_counts, merge_moments, partition_moments, per_partition
 from shoal.prep.quantiles import exact_quantiles
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75]
@@ -24,14 +23,12 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     """
     columns = list(frame.columns) if columns is None else columns
     numeric = [c for c in columns if is_numeric(frame.dtypes[c])]
-    # one pass for moments, counts and distinct values; quantiles then need two more
-    summary, counts, rows, uniques = dask.compute(
-        lazy_moments(frame, numeric) if numeric else None,
-        frame[columns].count(),
-        frame.shape[0],
-        lazy_distinct_counts(frame, columns) if distinct else [],
-    )
-    uniques = dict(zip(columns, uniques))
+    # one pass for moments and counts, one for distinct values, two more for exact quantiles
+    parts = per_partition(frame[columns], _profile, numeric, columns)
+    summary = merge_moments([p[0] for p in parts]) if numeric else None
+    counts = dict(zip(columns, sum(p[1] for p in parts)))
+    rows = sum(p[2] for p in parts)
+    uniques = distinct_counts(frame, columns) if distinct else {}
     levels = sorted(set(quantiles) | {0.5})
     qs = exact_quantiles(frame, numeric, levels, "linear", summary) if numeric else {}
     out = {}
@@ -53,6 +50,10 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
             entry["distinct"] = int(uniques[c])
         out[c] = entry
     return {"rows": int(rows), "columns": out}
+
+
+def _profile(part, numeric: list[str], columns: list[str]):
+    return (partition_moments(part, numeric) if numeric else None), part[columns].count().to_numpy(), len(part)
 
 
 def _level(q: float) -> str:

@@ -132,6 +132,10 @@ class Derive(Step):
         return frame.assign(**{self.column: values})
 
 
+def _same(part: pd.DataFrame) -> pd.DataFrame:
+    return part
+
+
 def _row_hashes(part: pd.DataFrame, subset: list[str]) -> np.ndarray:
     return pd.util.hash_pandas_object(part[subset], index=False).to_numpy()
 
@@ -164,6 +168,9 @@ class DropDuplicates(Step):
 
     def apply(self, frame, params, ctx: StepContext):
         subset = self.named(frame, ctx, self.subset) if self.subset else list(frame.columns)
+        # Pin the partitioning: without this, dask may fuse Parquet partitions differently in
+        # the hashing pass (few columns) and the final graph, and positions would not line up.
+        frame = frame.map_partitions(_same, meta=frame._meta)
         hashes = np.concatenate(per_partition(frame, _row_hashes, subset) or [np.empty(0, np.uint64)])
         uniq, counts = np.unique(hashes, return_counts=True)
         suspects = uniq[counts > 1]
