@@ -43,7 +43,8 @@ class Fill(Step):
 
     def apply(self, frame, params: dict, ctx: StepContext):
         self.named(frame, ctx, params)
-        return frame.fillna({c: v for c, v in params.items() if v is not None and v == v})
+        fills = {c: v for c, v in params.items() if v is not None and v == v}
+        return frame.assign(**{c: frame[c].fillna(v) for c, v in fills.items()})
 
 
 def _outside(frame, bounds: dict):
