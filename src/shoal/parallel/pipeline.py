@@ -54,17 +54,32 @@ def microbatch_count(dims: ParallelDims, cfg: ParallelConfig) -> int:
     return cfg.microbatches or 2 * dims.pp
 
 
-def stage_speeds(dims: ParallelDims, cfg: ParallelConfig, stages: int) -> list[float]:
-    """Relative speed of each stage's owner: given, measured (slowest replica of each pipeline rank), or equal."""
-    if cfg.pp_speeds:
-        per_rank = list(cfg.pp_speeds)
-    elif cfg.pp_measure_speed:
-        mine = torch.tensor([balance.matmul_speed()], dtype=torch.float64)
-        every = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
-        dist.all_gather(every, mine)
-        per_rank = [min(float(t) for r, t in enumerate(every) if dims.coords(r)["pp"] == p) for p in range(dims.pp)]
+def _measured_speeds(dims: ParallelDims) -> list[float]:
+    """Each pipeline rank's matmul FLOP/s, the slowest of its replicas (a stage runs at its slowest copy's pace)."""
+    mine = torch.tensor([balance.matmul_speed(0.1) * 1e9], dtype=torch.float64)
+    every = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [min(float(t) for r, t in enumerate(every) if dims.coords(r)["pp"] == p) for p in range(dims.pp)]
+
+
+def stage_speeds(dims: ParallelDims, cfg: ParallelConfig, stages: int, timed: bool) -> list[float]:
+    """Speed of each stage's owner in cost units per second (FLOP/s, or for measured costs, relative to rank 0).
+
+    From parallel.pp_speeds (relative), or measured on every rank, or equal; absolute FLOP/s
+    come from rank 0's matmul rate so that predicted stage times are in seconds.
+    """
+    if cfg.pp_measure_speed and not cfg.pp_speeds:
+        per_rank = _measured_speeds(dims)
+        if timed:
+            per_rank = [v / per_rank[0] for v in per_rank]
     else:
-        per_rank = [1.0] * dims.pp
+        relative = list(cfg.pp_speeds) or [1.0] * dims.pp
+        base = 1.0
+        if not timed:
+            rate = torch.tensor([balance.matmul_speed(0.1) * 1e9], dtype=torch.float64)
+            dist.broadcast(rate, src=0)
+            base = float(rate)
+        per_rank = [base * v / relative[0] for v in relative]
     return [per_rank[s % dims.pp] for s in range(stages)]
 
 
@@ -84,7 +99,7 @@ def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg
     stages = n_stages(dims, cfg)
     if stages > len(names):
         raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers, the model has {len(names)} ({', '.join(names)})")
-    speeds = stage_speeds(dims, cfg, stages)
+    speeds = stage_speeds(dims, cfg, stages, timed=cfg.pp_balance == "time")
     if cfg.pp_balance == "time":
         costs = torch.tensor(balance.timed_costs(model, names, sample), dtype=torch.float64)
         dist.broadcast(costs, src=0)
@@ -92,12 +107,29 @@ def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg
     else:
         costs = balance.flop_costs(model, names, sample)
     if cfg.pp_split:
-        cuts = _cuts_from_names(names, cfg.pp_split, stages)
-    elif cfg.pp_balance == "layers":
-        cuts = balance.equal_counts(len(names), stages)
-    else:
-        cuts = balance.partition(costs, speeds)
-    return balance.make_split(names, costs, speeds, cuts)
+        return balance.make_split(names, costs, speeds, _cuts_from_names(names, cfg.pp_split, stages))
+    units = weighted_units(model, names)  # cut only before layers with weights: no stage is left without any
+    if stages > len(units):
+        raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers with weights, the model has {len(units)}")
+    unit_costs = [sum(costs[i] for i in unit) for unit in units]
+    unit_cuts = balance.equal_counts(len(units), stages) if cfg.pp_balance == "layers" else balance.partition(unit_costs, speeds)
+    return balance.make_split(names, costs, speeds, [units[c][0] for c in unit_cuts])
+
+
+def weighted_units(model: nn.Module, names: list[str]) -> list[list[int]]:
+    """Layer positions grouped so that each group ends with a layer that has weights (ReLU, Flatten join the next one)."""
+    units, pending = [], []
+    for i, name in enumerate(names):
+        pending.append(i)
+        if any(True for _ in model.get_submodule(name).parameters()):
+            units.append(pending)
+            pending = []
+    if pending:
+        if units:
+            units[-1] += pending
+        else:
+            units.append(pending)
+    return units
 
 
 def check_untied(stages: list[list[str]], model: nn.Module) -> None:
@@ -111,6 +143,9 @@ def check_untied(stages: list[list[str]], model: nn.Module) -> None:
 
 def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) -> dict[int, StageChain]:
     check_untied(split.stages, model)
+    for s, names in enumerate(split.stages):
+        if not any(True for n in names for _ in model.get_submodule(n).parameters()):
+            raise ShoalError(f"parallel.pp_split: stage {s} ({', '.join(names)}) has no weights; move its boundary")
     return {s: StageChain(model, names) for s, names in enumerate(split.stages) if s % pp == pp_rank}
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from shoal.dist import DistEnv
 from shoal.dist.mesh import ParallelDims
@@ -54,6 +55,13 @@ class Layout:
     def clip_grad_norm_(self, max_norm: float) -> float:
         return norm.clip_grad_norm_(self.parameters(), max_norm, self.dims)
 
+    def settle_grads(self) -> None:
+        """Reduce gradients DTensor left pending (Partial: sequence-parallel norms) to their parameter's placement."""
+        for p in self.parameters():
+            g = p.grad
+            if isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements):
+                p.grad = g.redistribute(p.device_mesh, p.placements)
+
     def full_state_dict(self) -> dict | None:
         return gather.full_state_dict(self.modules, self.dims, self.env.rank, self.key_order)
 
@@ -88,6 +96,8 @@ class Sharded(Layout):
             self.model.set_requires_gradient_sync(sync)
         loss = loss_fn(self.model(x), y, reduction="sum") * scale
         loss.backward()
+        if sync:
+            self.settle_grads()
         return loss.item() / (self.dims.dp_size * self.dims.tp)
 
 
@@ -109,6 +119,8 @@ class Pipelined(Layout):
         losses: list[torch.Tensor] = []
         args = (x,) if self.first else ()
         self.schedule.step(*args, target=y if self.last else None, losses=losses if self.last else None)
+        if sync:
+            self.settle_grads()
         if not self.last:
             return 0.0
         return float(sum(l.item() for l in losses)) / (self.dims.dp_size * self.dims.tp)
