@@ -57,8 +57,30 @@ def merged(*layers: dict) -> dict:
     return out
 
 
-def config(model: str, parallel: dict) -> shoal.JobConfig:
-    return shoal.JobConfig.model_validate(merged(MODELS[model], COMMON, {"parallel": parallel}))
+MODELS["gpt_tied"] = merged(MODELS["gpt"], {"model": {"tie_head": True}})
+
+# Cases beyond the layout list (2 processes): other ways to ask for a layout, each still equal to
+# the single-process run of its model. Values are whole overrides, not just the parallel section.
+EXTRA_2 = {
+    ("mlp", "tp2-plan-from-job"): {"parallel": {"tp": 2, "tp_plan": {"3": "colwise", "5": "rowwise"}}},
+    ("mlp", "fsdp2-accum"): {"parallel": {"fsdp": 2}, "train": {"grad_accum": 2}},
+    ("mlp", "pp2-time-balanced"): {"parallel": {"pp": 2, "pp_balance": "time"}},
+    ("mlp", "pp2-unequal-speeds"): {"parallel": {"pp": 2, "pp_speeds": [3.0, 1.0]}},
+    ("gpt", "pp2-split-by-name-accum"): {"parallel": {"pp": 2, "pp_split": ["layers.1"]}, "train": {"grad_accum": 2}},
+    ("mlp", "user-parallelize-hook"): {"parallel": {"parallelize": "layout_workers:shard_whole_model"}},
+    ("gpt_tied", "tp2-tied-head"): {"parallel": {"tp": 2}},
+}
+
+
+def shard_whole_model(model, mesh, cfg):
+    """A user's `parallelize(model, mesh, config)` hook: one FSDP unit over the data-parallel dims."""
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard(model, mesh=mesh["dp", "fsdp"])
+
+
+def config(model: str, overrides: dict) -> shoal.JobConfig:
+    return shoal.JobConfig.model_validate(merged(MODELS[model], COMMON, overrides))
 
 
 def read_run(out: Path) -> dict:
@@ -73,11 +95,11 @@ def read_run(out: Path) -> dict:
 
 
 def run_cases(root: str, cases: list[tuple[str, str, dict]]) -> dict:
-    """Train every (model, layout name, parallel section); rank 0 returns the runs, others None."""
+    """Train every (model, case name, overrides); rank 0 returns the runs, others None."""
     results = {}
-    for model, name, parallel in cases:
+    for model, name, overrides in cases:
         out = Path(root) / f"{model}-{name}"
-        run_job(config(model, parallel), str(out), overwrite=True)
+        run_job(config(model, overrides), str(out), overwrite=True)
         if torch.distributed.get_rank() == 0:
             results[(model, name)] = read_run(out)
     return results if torch.distributed.get_rank() == 0 else None

@@ -14,27 +14,28 @@ from shoal.launch.local import launch_local
 
 pytestmark = pytest.mark.dist
 EXACT = 1e-5
-MODELS = list(lw.MODELS)
+MODELS = ["gpt", "mlp"]
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
     try:
-        return lw.run_cases(str(root), [(m, "single", {}) for m in MODELS])
+        return lw.run_cases(str(root), [(m, "single", {}) for m in lw.MODELS])
     finally:
         shutdown()
 
 
-def _spawn(tmp_path_factory, layouts: dict, nproc: int) -> dict:
+def _spawn(tmp_path_factory, layouts: dict, nproc: int, extra: dict = {}) -> dict:
     root = tmp_path_factory.mktemp(f"world{nproc}")
-    cases = [(m, name, par) for name, par in layouts.items() for m in MODELS if m == "gpt" or name not in lw.GPT_ONLY]
+    cases = [(m, name, {"parallel": par}) for name, par in layouts.items() for m in MODELS if m == "gpt" or name not in lw.GPT_ONLY]
+    cases += [(m, name, overrides) for (m, name), overrides in extra.items()]
     return launch_local(lw.run_cases, (str(root), cases), nproc=nproc)[0]
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    return _spawn(tmp_path_factory, lw.LAYOUTS_2, 2)
+    return _spawn(tmp_path_factory, lw.LAYOUTS_2, 2, lw.EXTRA_2)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,23 @@ def test_two_process_layouts_equal_single_process(two, single, model, layout):
     assert_same_run(two[(model, layout)], single[(model, "single")])
 
 
+@pytest.mark.parametrize("model, case", list(lw.EXTRA_2))
+def test_other_ways_to_ask_for_a_layout_equal_single_process(two, single, model, case):
+    assert_same_run(two[(model, case)], single[(model, "single")])
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("layout", list(lw.LAYOUTS_4))
 def test_four_process_layouts_equal_single_process(four, single, model, layout):
     assert_same_run(four[(model, layout)], single[(model, "single")])
+
+
+def test_split_follows_the_stage_owners_speed(two):
+    even = two[("mlp", "pp2-1f1b")]["layout"][0]["pipeline"]
+    skewed = two[("mlp", "pp2-unequal-speeds")]["layout"][0]["pipeline"]
+    assert len(skewed["stages"][0]) > len(even["stages"][0])  # the 3x faster owner takes more layers
+    named = two[("gpt", "pp2-split-by-name-accum")]["layout"][0]["pipeline"]
+    assert named["stages"] == [["tok_embeddings", "layers.0"], ["layers.1", "norm", "output"]]
 
 
 def test_runs_report_layout_and_memory(two):
