@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+import torch
 
 from shoal.api import check_batching, run_job, worker_main
 from shoal.config import load_job
@@ -17,7 +20,8 @@ from shoal.run_dir import check_writable, default_run_dir
 def preflight(cfg, out: Path, overwrite: bool) -> None:
     """Fail before any process starts, with the field to fix."""
     spec = describe(cfg.data, cfg.seed)
-    build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
+    with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # a model too big for memory stays shapes only
+        build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
     check_batching(cfg, spec.n_train, cfg.nproc)
     check_writable(out, overwrite)
 
