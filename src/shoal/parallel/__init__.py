@@ -34,6 +34,8 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, sample: torch.Tensor) 
     if p.parallelize:
         return _user_hook(model, dims, env, cfg, keys)
     if not dims.model_parallel:
+        if is_meta([model]):
+            materialize([model], model, env.device)
         if p.activation_checkpointing:
             checkpointing.apply(model)
         return Replicated([data.apply(model, env, cfg.comm)], dims, env, keys)
