@@ -47,8 +47,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        # -1 heads: under tensor parallel each rank holds only its share of the heads
-        q, k, v = (w(x).view(b, t, -1, self.head_dim) for w in (self.wq, self.wk, self.wv))
+        # under tensor parallel each rank holds only its share of the heads (and a batch may be empty: no -1)
+        q, k, v = (y.view(b, t, y.shape[-1] // self.head_dim, self.head_dim) for y in (w(x) for w in (self.wq, self.wk, self.wv)))
         q, k = rotate(q), rotate(k)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
