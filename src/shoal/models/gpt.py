@@ -51,7 +51,7 @@ class Attention(nn.Module):
         q, k, v = (y.view(b, t, y.shape[-1] // self.head_dim, self.head_dim) for y in (w(x) for w in (self.wq, self.wk, self.wv)))
         q, k = rotate(q), rotate(k)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+        return self.wo(y.transpose(1, 2).reshape(b, t, y.shape[1] * self.head_dim))
 
 
 class FeedForward(nn.Module):
