@@ -51,3 +51,10 @@ def as_float(frame: pd.DataFrame, columns: list[str]):
     if not columns:
         return np.empty((len(frame), 0))
     return frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+
+
+def column_values(frame: pd.DataFrame, column: str):
+    """One column as a contiguous float64 array, missing values as NaN."""
+    import numpy as np
+
+    return frame[column].to_numpy(dtype="float64", na_value=np.nan)

@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from shoal.prep._columns import as_float
+from shoal.prep._columns import as_float, column_values
 
 
 def lazy_per_partition(frame, function, *args) -> list:
@@ -64,14 +64,21 @@ class Moments:
 
 
 def partition_moments(part: pd.DataFrame, columns: list[str]) -> Moments:
-    values = as_float(part, columns)
-    present = ~np.isnan(values)
-    count = present.sum(axis=0).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), np.nan)
-        m2 = np.nansum((values - mean) ** 2, axis=0)
-        minimum = np.nanmin(values, axis=0) if len(values) else np.full(len(columns), np.nan)
-        maximum = np.nanmax(values, axis=0) if len(values) else np.full(len(columns), np.nan)
+    k = len(columns)
+    count, mean, m2 = np.zeros(k, np.int64), np.full(k, np.nan), np.zeros(k)
+    minimum, maximum = np.full(k, np.nan), np.full(k, np.nan)
+    for i, column in enumerate(columns):
+        values = column_values(part, column)
+        missing = np.isnan(values)
+        if missing.any():
+            values = values[~missing]
+        if not len(values):
+            continue
+        count[i] = len(values)
+        mean[i] = values.sum() / len(values)
+        deviation = values - mean[i]
+        m2[i] = deviation @ deviation
+        minimum[i], maximum[i] = values.min(), values.max()
     return Moments(columns, count, minimum, maximum, mean, m2, len(part))
 
 

@@ -1,12 +1,16 @@
 """Exact quantiles of columns too large to sort in memory.
 
 Dask's own quantiles are approximate (they merge per-partition percentiles). Here each
-needed order statistic is found exactly by narrowing an interval: one pass counts the
-values in 16,384 equal-width bins of the interval, the bin holding the wanted rank becomes
-the new interval, and once few values remain, one last pass gathers their distinct values
-with counts. Usually three passes over the data (extremes, histogram, gather) whatever
-its size; memory is a histogram per column. The results equal numpy/pandas quantiles with
-the same method bit for bit up to the final interpolation.
+needed order statistic is found exactly, usually in two passes:
+1. per partition: moments and the partition's own order statistics around each level;
+   the smallest and largest of those bracket the global value;
+2. per partition: how many values fall below the bracket, and the values inside it
+   (few when partitions are alike), from which the ranks are read off.
+When partitions differ a lot (sorted data), the bracket is wide and a fallback narrows an
+interval instead: a pass counts the values in 16,384 equal-width bins, the bin holding
+the rank becomes the interval, and a last pass gathers the few values left. Memory is a
+bracket or a histogram per column. Results equal numpy/pandas quantiles with the same
+method exactly (bit for bit in the tests).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.errors import ShoalError
-from shoal.prep._columns import as_float
-from shoal.prep.aggregates import Moments, moments, per_partition
+from shoal.prep._columns import column_values
+from shoal.prep.aggregates import Moments, merge_moments, partition_moments, per_partition
 
 BINS = 16_384
 GATHER_LIMIT = 200_000
@@ -74,27 +78,25 @@ class _Search:
 
 
 def _in_interval(values: np.ndarray, lo: float, hi: float, closed: bool) -> np.ndarray:
-    upper = values <= hi if closed else values < hi
-    return values[(values >= lo) & upper]
+    """Values in [lo, hi] (closed) or [lo, hi), NaN dropped."""
+    if closed:
+        keep = (values >= lo) & (values <= hi)
+    else:
+        keep = (values >= lo) & (values < hi)
+    return values if keep.all() else values[keep]
 
 
 def _partition_histograms(part, intervals: list[tuple]) -> list[np.ndarray]:
-    columns = sorted({key[0] for key in intervals})
-    matrix = as_float(part, columns)
-    out = []
-    for column, lo, hi, closed in intervals:
-        values = _in_interval(matrix[:, columns.index(column)], lo, hi, closed)
-        out.append(np.histogram(values, bins=BINS, range=(lo, hi))[0])
-    return out
+    columns = {c: column_values(part, c) for c in {key[0] for key in intervals}}
+    return [
+        np.histogram(_in_interval(columns[c], lo, hi, closed), bins=BINS, range=(lo, hi))[0]
+        for c, lo, hi, closed in intervals
+    ]
 
 
 def _partition_distinct(part, intervals: list[tuple]) -> list[tuple[np.ndarray, np.ndarray]]:
-    columns = sorted({key[0] for key in intervals})
-    matrix = as_float(part, columns)
-    return [
-        np.unique(_in_interval(matrix[:, columns.index(c)], lo, hi, closed), return_counts=True)
-        for c, lo, hi, closed in intervals
-    ]
+    columns = {c: column_values(part, c) for c in {key[0] for key in intervals}}
+    return [np.unique(_in_interval(columns[c], lo, hi, closed), return_counts=True) for c, lo, hi, closed in intervals]
 
 
 def _narrow(frame, searches: list[_Search]) -> None:
@@ -154,25 +156,104 @@ def order_statistics(frame, ranks: dict[str, list[int]], summary: Moments) -> di
     return _resolve(frame, searches)
 
 
+def _local_ranks(n: int, qs: list[float]) -> list[tuple[int, int]]:
+    """Ranks around level q in a partition of n values, one wider on each side for safety."""
+    return [(max(math.floor(q * (n - 1)) - 1, 0), min(math.ceil(q * (n - 1)) + 1, n - 1)) for q in qs]
+
+
+def partition_brackets(part, columns: list[str], qs: list[float]) -> dict:
+    """For each column and level, the partition's own values just below and above the level."""
+    out = {}
+    for column in columns:
+        values = column_values(part, column)
+        values = values[~np.isnan(values)]
+        if not len(values):
+            out[column] = None
+            continue
+        ranks = _local_ranks(len(values), qs)
+        ordered = np.partition(values, sorted({r for pair in ranks for r in pair}))
+        out[column] = [(float(ordered[lo]), float(ordered[hi])) for lo, hi in ranks]
+    return out
+
+
+def merge_brackets(parts: list[dict], columns: list[str], qs: list[float]) -> dict:
+    merged = {}
+    for column in columns:
+        found = [p[column] for p in parts if p[column] is not None]
+        if found:
+            merged[column] = [(min(f[j][0] for f in found), max(f[j][1] for f in found)) for j in range(len(qs))]
+    return merged
+
+
+def _profile(part, columns, qs):
+    return partition_moments(part, columns), partition_brackets(part, columns, qs)
+
+
+def profile(frame, columns: list[str], qs: list[float]) -> tuple[Moments, dict]:
+    """Pass 1: moments and brackets in one read."""
+    parts = per_partition(frame[columns], _profile, columns, qs)
+    return merge_moments([p[0] for p in parts]), merge_brackets([p[1] for p in parts], columns, qs)
+
+
+def _partition_inside(part, specs: list[tuple], cap: int):
+    columns = {c: column_values(part, c) for c in {spec[0] for spec in specs}}
+    out = []
+    for column, lo, hi in specs:
+        values = columns[column]
+        below = int(np.count_nonzero(values < lo))
+        inside = values[(values >= lo) & (values <= hi)]
+        out.append((below, len(inside), np.unique(inside, return_counts=True) if len(inside) <= cap else None))
+    return out
+
+
+def _from_brackets(frame, wanted: dict[tuple[str, int], int], brackets: dict, nparts: int) -> dict:
+    """Pass 2: read ranks off the values inside the brackets; ranks it cannot place are left out."""
+    specs = sorted({(c, *brackets[c][j]) for (c, _), j in wanted.items()})
+    parts = per_partition(frame[sorted({s[0] for s in specs})], _partition_inside, specs, max(GATHER_LIMIT // nparts, 1000))
+    found = {}
+    for index, (column, lo, hi) in enumerate(specs):
+        results = [p[index] for p in parts]
+        if any(r[2] is None for r in results):
+            continue
+        below = sum(r[0] for r in results)
+        values = np.concatenate([r[2][0] for r in results])
+        counts = np.concatenate([r[2][1] for r in results])
+        uniq, inverse = np.unique(values, return_inverse=True)
+        cumulative = below + np.cumsum(np.bincount(inverse, weights=counts, minlength=len(uniq)))
+        for (c, rank), j in wanted.items():
+            if c == column and brackets[c][j] == (lo, hi) and below <= rank < (cumulative[-1] if len(uniq) else below):
+                found[(c, rank)] = float(uniq[int(np.searchsorted(cumulative, rank, side="right"))])
+    return found
+
+
 def exact_quantiles(
-    frame, columns: list[str], qs: list[float], method: str = "linear", summary: Moments | None = None
+    frame, columns: list[str], qs: list[float], method: str = "linear", summary: Moments | None = None, brackets=None
 ) -> dict[str, list[float]]:
-    """Quantiles qs of each column, equal to numpy.quantile(values[~isnan], qs, method=method)."""
+    """Quantiles qs of each column, equal to numpy.quantile(values[~isnan], qs, method=method).
+
+    summary and brackets may come from a pass the caller already made (see profile()).
+    """
     if method not in METHODS:
         raise ShoalError(f"quantile method '{method}' is not one of {', '.join(METHODS)}")
     if not columns:
         return {}
-    summary = summary if summary is not None else moments(frame, columns)
+    if summary is None or brackets is None:
+        summary, brackets = profile(frame, columns, qs)
     index = {c: i for i, c in enumerate(summary.columns)}
-    plans, ranks = {}, {}
+    plans, wanted = {}, {}
     for column in columns:
         n = int(summary.count[index[column]])
-        if n == 0:
-            plans[column] = None
-            continue
-        plans[column] = [_virtual_index(n, q, method) for q in qs]
-        ranks[column] = [r for lo, hi, _ in plans[column] for r in (lo, hi)]
-    values = order_statistics(frame, ranks, summary)
+        plans[column] = [_virtual_index(n, q, method) for q in qs] if n else None
+        for j, (lo, hi, _) in enumerate(plans[column] or []):
+            wanted.setdefault((column, lo), j)
+            wanted.setdefault((column, hi), j)
+    values = _from_brackets(frame, wanted, brackets, frame.npartitions) if wanted else {}
+    missing: dict[str, list[int]] = {}
+    for column, rank in wanted:
+        if (column, rank) not in values:
+            missing.setdefault(column, []).append(rank)
+    if missing:
+        values.update(order_statistics(frame, missing, summary))
     out = {}
     for column, plan in plans.items():
         if plan is None:

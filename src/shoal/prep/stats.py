@@ -9,7 +9,7 @@ import numpy as np
 
 from shoal.prep._columns import is_numeric
 from shoal.prep.aggregates import distinct_counts, merge_moments, partition_moments, per_partition
-from shoal.prep.quantiles import exact_quantiles
+from shoal.prep.quantiles import exact_quantiles, merge_brackets, partition_brackets
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75]
 
@@ -24,13 +24,14 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     columns = list(frame.columns) if columns is None else columns
     numeric = [c for c in columns if is_numeric(frame.dtypes[c])]
     # one pass for moments and counts, one for distinct values, two more for exact quantiles
-    parts = per_partition(frame[columns], _profile, numeric, columns)
-    summary = merge_moments([p[0] for p in parts]) if numeric else None
-    counts = dict(zip(columns, sum(p[1] for p in parts)))
-    rows = sum(p[2] for p in parts)
-    uniques = distinct_counts(frame, columns) if distinct else {}
     levels = sorted(set(quantiles) | {0.5})
-    qs = exact_quantiles(frame, numeric, levels, "linear", summary) if numeric else {}
+    parts = per_partition(frame[columns], _profile, numeric, columns, levels)
+    summary = merge_moments([p[0] for p in parts]) if numeric else None
+    brackets = merge_brackets([p[1] for p in parts], numeric, levels) if numeric else None
+    counts = dict(zip(columns, sum(p[2] for p in parts)))
+    rows = sum(p[3] for p in parts)
+    uniques = distinct_counts(frame, columns) if distinct else {}
+    qs = exact_quantiles(frame, numeric, levels, "linear", summary, brackets) if numeric else {}
     out = {}
     for c in columns:
         entry = {"dtype": str(frame.dtypes[c]), "count": int(counts[c]), "missing": int(rows - counts[c])}
@@ -52,8 +53,12 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     return {"rows": int(rows), "columns": out}
 
 
-def _profile(part, numeric: list[str], columns: list[str]):
-    return (partition_moments(part, numeric) if numeric else None), part[columns].count().to_numpy(), len(part)
+def _profile(part, numeric: list[str], columns: list[str], levels: list[float]):
+    if numeric:
+        moments_, brackets = partition_moments(part, numeric), partition_brackets(part, numeric, levels)
+    else:
+        moments_, brackets = None, None
+    return moments_, brackets, part[columns].count().to_numpy(), len(part)
 
 
 def _level(q: float) -> str:

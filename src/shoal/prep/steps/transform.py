@@ -10,7 +10,7 @@ from pydantic import model_validator
 
 from shoal.errors import ShoalError
 from shoal.prep.aggregates import moments
-from shoal.prep.quantiles import METHODS, exact_quantiles
+from shoal.prep.quantiles import METHODS, exact_quantiles, profile
 from shoal.prep.steps.base import Step, StepContext
 
 _TINY = 10 * np.finfo(np.float64).eps
@@ -84,11 +84,12 @@ class Discretize(Step):
 
     def fit(self, frame, ctx: StepContext) -> dict:
         columns = self.numeric_targets(frame, ctx, self.columns)
-        summary = moments(frame, columns)
         if self.strategy == "quantile":
             levels = list(np.linspace(0, 100, self.bins + 1) / 100)
-            edges = exact_quantiles(frame, columns, levels, self.quantile_method, summary)
+            summary, brackets = profile(frame, columns, levels)
+            edges = exact_quantiles(frame, columns, levels, self.quantile_method, summary, brackets)
         else:
+            summary = moments(frame, columns)
             edges = {c: list(np.linspace(lo, hi, self.bins + 1)) for c, lo, hi in zip(columns, summary.minimum, summary.maximum)}
         fitted = {}
         for i, c in enumerate(columns):
