@@ -23,10 +23,24 @@ def materialize(modules: list[nn.Module], source: nn.Module, device: torch.devic
     if init is None:
         raise ShoalError(f"parallel.meta_init: {type(source).__name__} has no init_parameter(name, shape) method to fill its shards")
     for module in modules:
+        ties = _ties(module)
         module.to_empty(device=device)
+        for first, *others in ties:  # to_empty gives each use of a shared parameter its own copy: share again
+            shared = module.get_parameter(first)
+            for name in others:
+                owner, _, leaf = name.rpartition(".")
+                setattr(module.get_submodule(owner), leaf, shared)
         for name, p in module.named_parameters():
             full = init(name, p.shape).to(device)
             if isinstance(p, DTensor):
                 p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
             else:
                 p.copy_(full)
+
+
+def _ties(module: nn.Module) -> list[list[str]]:
+    """Names of parameters shared between modules (a tied output head), grouped."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
