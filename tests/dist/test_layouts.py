@@ -86,6 +86,7 @@ def test_runs_report_layout_and_memory(two):
     run = two[("gpt", "pp2-1f1b")]
     (layout,) = run["layout"]
     assert layout["layout"] == "pp=2" and len(layout["pipeline"]["stages"]) == 2
-    assert all(r["state_mb"] > 0 and r["peak_rss_mb"] > 0 for r in run["train"])
+    assert all(r["state_mb"] > 0 and r["peak_rss_mb"] > 0 and len(r["peak_rss_mb_per_rank"]) == 2 for r in run["train"])
+    assert len(set(run["train"][0]["state_mb_per_rank"])) == 2  # the two stages hold different layers
     sharded = two[("gpt", "fsdp2")]["train"][0]["state_mb"]
     assert sharded < 0.6 * two[("gpt", "tp2")]["train"][0]["state_mb"] * 2

@@ -3,6 +3,7 @@
 `state_mb`: bytes this rank holds for parameters + gradients + optimizer state (local shards
 only), the number FSDP divides by N. `peak_rss_mb`: the process's peak resident memory
 (getrusage maxrss), which also counts activations, buffers, and the Python/torch runtime.
+Train records carry the largest over ranks and every rank's value (`*_per_rank`).
 """
 
 from __future__ import annotations
@@ -32,3 +33,14 @@ def state_mb(params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimi
 def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def memory_record(state: float | None, world: int) -> dict:
+    """Every rank's figures (a collective): the largest, and the per-rank lists, for metrics.jsonl."""
+    mine = torch.tensor([state or 0.0, peak_rss_mb()], dtype=torch.float64)
+    every = [mine]
+    if world > 1:
+        every = [torch.zeros_like(mine) for _ in range(world)]
+        torch.distributed.all_gather(every, mine)
+    states, peaks = [round(float(t[0]), 3) for t in every], [round(float(t[1]), 1) for t in every]
+    return {"state_mb": max(states), "peak_rss_mb": max(peaks), "state_mb_per_rank": states, "peak_rss_mb_per_rank": peaks}

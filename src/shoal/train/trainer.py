@@ -26,7 +26,7 @@ from shoal.dist.mesh import check_layout
 from shoal.parallel.runtime import Pipelined, Replicated
 from shoal.run_dir import RunDir
 from shoal.train.layout_eval import evaluate_layout
-from shoal.train.memory import peak_rss_mb, state_mb
+from shoal.train.memory import memory_record, state_mb
 from shoal.train.metrics import evaluate, global_mean
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
@@ -132,7 +132,7 @@ class Trainer:
                 rate = window_samples / elapsed
                 self._log({"kind": "train", "step": done, "epoch": epoch, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
                            "samples_per_s": rate, "data_wait_s": window_wait / window_steps, "time_s": time.perf_counter() - start,
-                           "state_mb": self.state_mb, "peak_rss_mb": peak_rss_mb()})
+                           **memory_record(self.state_mb, self.env.world_size)})
                 self.progress.update(done, f"loss {last_loss:.4f}  {rate:,.0f} samples/s")
                 window_start, window_loss, window_samples, window_steps, window_wait = time.perf_counter(), 0.0, 0.0, 0, 0.0
             end_of_epoch = done % spe == 0
