@@ -189,16 +189,18 @@ def _generalize(values: pd.Series, lookup: dict, other) -> pd.Series:
 
 
 class Generalize(Step):
-    """Replace categories by broader groups: groups = {group = [values]}; others become `other` (or stay)."""
+    """Replace categories by broader groups: groups = {group = [values]}; others become `other` or stay (keep_others)."""
 
     op: Literal["generalize"]
     column: str
     groups: dict[str, list]
-    other: str | None = "other"
+    other: str = "other"
+    keep_others: bool = False
 
     def apply(self, frame, params, ctx: StepContext):
         self.named(frame, ctx, [self.column])
         lookup = {v: group for group, values in self.groups.items() for v in values}
+        other = None if self.keep_others else self.other
         return frame.assign(
-            **{self.column: frame[self.column].map_partitions(_generalize, lookup, self.other, meta=(self.column, "string"))}
+            **{self.column: frame[self.column].map_partitions(_generalize, lookup, other, meta=(self.column, "string"))}
         )
