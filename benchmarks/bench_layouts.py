@@ -1,0 +1,197 @@
+"""Issue 3 benchmarks: model-parallel layouts on the character-level GPT (and an uneven MLP).
+
+Every run is a real `shoal train` (CLI, local launcher); figures come from its metrics.jsonl.
+
+    python benchmarks/bench_layouts.py memory       # per-rank params+grads+optimizer state, fsdp = 1, 2, 4
+    python benchmarks/bench_layouts.py largest      # peak memory per rank at two sizes -> largest gpt per layout
+    python benchmarks/bench_layouts.py throughput   # samples/s of each layout on one gpt
+    python benchmarks/bench_layouts.py bubble       # pipeline bubble vs (p-1)/(m+p-1)
+    python benchmarks/bench_layouts.py balance      # balanced vs equal-layer-count split on uneven layers
+    python benchmarks/bench_layouts.py all
+
+Results go to benchmarks/results/layouts-<what>.json and are printed as Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shoal.config import to_toml, validate
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+GPT = {"model": {"name": "gpt", "layers": 4, "dim": 128, "heads": 4},
+       "data": {"name": "shakespeare", "seq_len": 64, "limit_eval": 64},
+       "optimizer": {"name": "adamw", "lr": 0.003},
+       "train": {"global_batch_size": 32, "steps": 40, "log_every": 10, "eval_every": 1000}}
+
+
+def merged(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def run(raw: dict, nproc: int, tmp: Path, name: str) -> list[dict]:
+    """One `shoal train` run; returns its metrics.jsonl records."""
+    job, out = tmp / f"{name}.toml", tmp / name
+    job.write_text(to_toml(validate(raw)))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "shoal", "train", str(job), "--nproc", str(nproc), "--out", str(out), "--overwrite"],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    print(f"  {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return records
+
+
+def steady_rate(records: list[dict]) -> float:
+    """Samples/s over every logged window but the first (start-up, first pipeline shape inference)."""
+    train = [r for r in records if r["kind"] == "train"]
+    windows = train[1:] or train
+    steps = [b["step"] - a["step"] for a, b in zip(train, train[1:])] or [train[0]["step"]]
+    return sum(steps) / sum(n / r["samples_per_s"] for n, r in zip(steps, windows))  # step-weighted harmonic mean
+
+
+# --- memory: params + grads + optimizer state per rank under fsdp = 1, 2, 4 -----------------------
+
+def bench_memory(tmp: Path) -> list[dict]:
+    raw = merged(GPT, {"model": {"layers": 4, "dim": 512, "heads": 8}, "data": {"seq_len": 32},
+                       "train": {"global_batch_size": 8, "steps": 2, "log_every": 1}})
+    rows = []
+    for n in (1, 2, 4):
+        recs = run(merged(raw, {"parallel": {"fsdp": n}}), n, tmp, f"mem-fsdp{n}")
+        last = [r for r in recs if r["kind"] == "train"][-1]
+        rows.append({"fsdp": n, "state_mb": last["state_mb"], "peak_rss_mb": last["peak_rss_mb"]})
+    base = rows[0]["state_mb"]
+    for r in rows:
+        r["fraction_of_fsdp1"] = r["state_mb"] / base
+    return rows
+
+
+# --- largest gpt per layout: peak RSS per rank at two sizes, extrapolated to the memory budget -----
+
+LAYOUTS_LARGE = {"1 process": ({}, 1), "dp=2": ({"dp": 2}, 2), "fsdp=2": ({"fsdp": 2}, 2), "tp=2": ({"tp": 2}, 2),
+                 "pp=2": ({"pp": 2}, 2), "fsdp=4": ({"fsdp": 4}, 4), "fsdp=2 x tp=2": ({"fsdp": 2, "tp": 2}, 4)}
+
+
+def gpt_params(dim: int, layers: int, vocab: int = 128) -> int:
+    return layers * (12 * dim * dim + 9 * dim) + 2 * vocab * dim + 2 * dim
+
+
+def bench_largest(tmp: Path, budget_gib: float) -> list[dict]:
+    sizes = [(512, 4), (1024, 8)]  # ~12.6M and ~100.7M parameters
+    rows = []
+    for label, (par, nproc) in LAYOUTS_LARGE.items():
+        points = []
+        for dim, layers in sizes:
+            raw = merged(GPT, {"model": {"dim": dim, "layers": layers, "heads": 8}, "data": {"seq_len": 32},
+                               "train": {"global_batch_size": 8, "steps": 2, "log_every": 1},
+                               "parallel": {**par, "meta_init": True, "microbatches": 2 if par.get("pp") else 0}})
+            recs = run(raw, nproc, tmp, f"large-{label.replace(' ', '')}-{dim}")
+            last = [r for r in recs if r["kind"] == "train"][-1]
+            points.append((gpt_params(dim, layers), last["peak_rss_mb"], last["state_mb"]))
+        (p0, m0, _), (p1, m1, s1) = points
+        per_param = (m1 - m0) * 2**20 / (p1 - p0)  # bytes of peak RSS per parameter, per rank
+        fixed = m0 - per_param * p0 / 2**20
+        largest = (budget_gib * 1024 / nproc - fixed) * 2**20 / per_param
+        rows.append({"layout": label, "processes": nproc, "peak_rss_mb_small": m0, "peak_rss_mb_large": m1,
+                     "state_mb_large": s1, "bytes_per_param_per_rank": per_param, "largest_params": largest})
+    return rows
+
+
+# --- throughput of each layout on the same gpt ------------------------------------------------------
+
+LAYOUTS_SPEED = {"1 process": ({}, 1), "dp=2 (DDP)": ({"dp": 2}, 2), "fsdp=2": ({"fsdp": 2}, 2),
+                 "tp=2 (sequence parallel)": ({"tp": 2}, 2), "tp=2 (no SP)": ({"tp": 2, "sequence_parallel": False}, 2),
+                 "pp=2 gpipe m=4": ({"pp": 2, "pp_schedule": "gpipe"}, 2), "pp=2 1f1b m=4": ({"pp": 2, "pp_schedule": "1f1b"}, 2),
+                 "pp=2 interleaved m=4": ({"pp": 2, "pp_schedule": "interleaved"}, 2),
+                 "fsdp=2 x tp=2 (4 procs)": ({"fsdp": 2, "tp": 2}, 4), "pp=2 x dp=2 (4 procs)": ({"pp": 2, "dp": 2}, 4)}
+
+
+def bench_throughput(tmp: Path) -> list[dict]:
+    rows = []
+    for label, (par, nproc) in LAYOUTS_SPEED.items():
+        recs = run(merged(GPT, {"parallel": par}), nproc, tmp, f"speed-{len(rows)}")
+        rate = steady_rate(recs)
+        rows.append({"layout": label, "processes": nproc, "samples_per_s": rate})
+    base = rows[0]["samples_per_s"]
+    for r in rows:
+        r["vs_1_process"] = r["samples_per_s"] / base
+    return rows
+
+
+# --- pipeline bubble ------------------------------------------------------------------------------------
+
+def bench_bubble(tmp: Path) -> list[dict]:
+    """bubble = 1 - T1 / (p * Tp): T1 is one process doing the same m micro-batches one after another."""
+    micro_size, p, rows = 8, 2, []
+    for m in (2, 4, 8):
+        raw = merged(GPT, {"train": {"global_batch_size": micro_size * m, "steps": 30, "threads": 1}})
+        batch = micro_size * m
+        t1 = batch / steady_rate(run(merged(raw, {"train": {"grad_accum": m}}), 1, tmp, f"bubble-ref-{m}"))
+        for schedule in ("gpipe", "1f1b"):
+            recs = run(merged(raw, {"parallel": {"pp": p, "pp_schedule": schedule, "microbatches": m, "pp_balance": "layers"}}),
+                       p, tmp, f"bubble-{schedule}-{m}")
+            tp = batch / steady_rate(recs)
+            rows.append({"schedule": schedule, "microbatches": m, "step_s_1proc": t1, "step_s_pp": tp,
+                         "bubble_measured": 1 - t1 / (p * tp), "bubble_theory": (p - 1) / (m + p - 1)})
+    return rows
+
+
+# --- balanced vs naive split on a model with uneven layers ---------------------------------------------
+
+UNEVEN = {"model": {"name": "mlp", "hidden": [1024, 1024, 64, 64, 64, 64, 64, 64]},
+          "data": {"name": "digits"}, "optimizer": {"name": "sgd", "lr": 0.01},
+          "train": {"global_batch_size": 256, "steps": 30, "log_every": 10, "eval_every": 1000, "threads": 1}}
+
+
+def bench_balance(tmp: Path) -> list[dict]:
+    rows = []
+    for balance in ("layers", "cost", "time"):
+        recs = run(merged(UNEVEN, {"parallel": {"pp": 2, "pp_balance": balance}}), 2, tmp, f"balance-{balance}")
+        info = next(r for r in recs if r["kind"] == "layout")["pipeline"]
+        step = UNEVEN["train"]["global_batch_size"] / steady_rate(recs)
+        rows.append({"split": balance, "stages": info["stages"], "predicted_s": info["predicted_s"], "step_s": step})
+    naive = rows[0]["step_s"]
+    for r in rows:
+        r["speedup_vs_equal_layers"] = naive / r["step_s"]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["memory", "largest", "throughput", "bubble", "balance", "all"])
+    parser.add_argument("--budget-gib", type=float, default=20.0, help="memory the largest-model estimate may use, all processes together")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    todo = ["memory", "throughput", "bubble", "balance", "largest"] if args.what == "all" else [args.what]
+    with tempfile.TemporaryDirectory() as tmp:
+        for what in todo:
+            fn = {"memory": bench_memory, "throughput": bench_throughput, "bubble": bench_bubble, "balance": bench_balance,
+                  "largest": lambda t: bench_largest(t, args.budget_gib)}[what]
+            rows = fn(Path(tmp))
+            (RESULTS / f"layouts-{what}.json").write_text(json.dumps(rows, indent=1))
+            print(f"\n### {what}\n\n{table(rows)}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
