@@ -119,12 +119,14 @@ LAYOUTS_SPEED = {"1 process": ({}, 1), "dp=2 (DDP)": ({"dp": 2}, 2), "fsdp=2": (
                  "fsdp=2 x tp=2 (4 procs)": ({"fsdp": 2, "tp": 2}, 4), "pp=2 x dp=2 (4 procs)": ({"pp": 2, "dp": 2}, 4)}
 
 
-def bench_throughput(tmp: Path) -> list[dict]:
-    rows = []
-    for label, (par, nproc) in LAYOUTS_SPEED.items():
-        recs = run(merged(GPT, {"parallel": par}), nproc, tmp, f"speed-{len(rows)}")
-        rate = steady_rate(recs)
-        rows.append({"layout": label, "processes": nproc, "samples_per_s": rate})
+def bench_throughput(tmp: Path, rounds: int = 2) -> list[dict]:
+    """Best of `rounds`, the layouts taking turns, so a burst of load from other work hits them all alike."""
+    best: dict[str, float] = {}
+    for r in range(rounds):
+        for i, (label, (par, nproc)) in enumerate(LAYOUTS_SPEED.items()):
+            rate = steady_rate(run(merged(GPT, {"parallel": par}), nproc, tmp, f"speed-{r}-{i}"))
+            best[label] = max(best.get(label, 0.0), rate)
+    rows = [{"layout": label, "processes": nproc, "samples_per_s": best[label]} for label, (_, nproc) in LAYOUTS_SPEED.items()]
     base = rows[0]["samples_per_s"]
     for r in rows:
         r["vs_1_process"] = r["samples_per_s"] / base
