@@ -139,6 +139,18 @@ def mode_of(counts: pd.Series):
     return _plain(sorted(top)[0])
 
 
+def partition_distinct(part: pd.DataFrame, columns: list[str]) -> dict:
+    """Each column's distinct non-missing values in this partition (hash-based, order kept)."""
+    return {c: part[c].dropna().unique() for c in columns}
+
+
+def merge_distinct(parts: list[dict]) -> dict[str, int]:
+    """Exact distinct counts from per-partition distinct values (memory: the distinct values)."""
+    if not parts:
+        return {}
+    return {c: pd.concat([pd.Series(p[c]) for p in parts], ignore_index=True).nunique() for c in parts[0]}
+
+
 def distinct_counts(frame, columns: list[str]) -> dict[str, int]:
     """Exact number of distinct non-missing values per column (memory grows with distinct values)."""
     results = dask.compute(*[frame[c].nunique(dropna=True) for c in columns])

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from shoal.errors import ShoalError
 from shoal.prep._columns import column_values
@@ -195,6 +196,16 @@ def profile(frame, columns: list[str], qs: list[float]) -> tuple[Moments, dict]:
     return merge_moments([p[0] for p in parts]), merge_brackets([p[1] for p in parts], columns, qs)
 
 
+def _few_distinct(values: np.ndarray, cap: int):
+    """(distinct values, counts) when there are at most cap of them (ties are common), else None."""
+    if len(values) <= cap:
+        return np.unique(values, return_counts=True)
+    counts = pd.Series(values).value_counts(sort=False)
+    if len(counts) > cap:
+        return None
+    return counts.index.to_numpy(dtype=np.float64), counts.to_numpy()
+
+
 def _partition_inside(part, specs: list[tuple], cap: int):
     columns = {c: column_values(part, c) for c in {spec[0] for spec in specs}}
     out = []
@@ -202,7 +213,7 @@ def _partition_inside(part, specs: list[tuple], cap: int):
         values = columns[column]
         below = int(np.count_nonzero(values < lo))
         inside = values[(values >= lo) & (values <= hi)]
-        out.append((below, len(inside), np.unique(inside, return_counts=True) if len(inside) <= cap else None))
+        out.append((below, len(inside), _few_distinct(inside, cap)))
     return out
 
 

@@ -58,6 +58,13 @@ def _read_csv(source: Source, path: str):
     )
 
 
+def _is_empty(frame) -> bool:
+    """Cheap when the first partition has a row (the usual case); counts all rows otherwise."""
+    if len(frame.head(1, npartitions=1, compute=True)):
+        return False
+    return frame.npartitions == 1 or int(frame.map_partitions(len).sum().compute()) == 0
+
+
 def read_source(source: Source, base_dir: Path):
     path = resolve_path(source, base_dir)
     kind = _format(source, path)
@@ -74,7 +81,7 @@ def read_source(source: Source, base_dir: Path):
     if source.rename:
         require_columns(frame, source.rename, f"source '{source.name}'.rename")
         frame = frame.rename(columns=source.rename)
-    if len(frame.columns) == 0 or len(frame.head(1, npartitions=-1)) == 0:
+    if len(frame.columns) == 0 or _is_empty(frame):
         raise ShoalError(f"source '{source.name}' ({path}) is empty: no rows")
     if source.partitions and source.partitions != frame.npartitions:
         frame = frame.repartition(npartitions=source.partitions)

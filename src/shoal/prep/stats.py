@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shoal.prep._columns import is_numeric
-from shoal.prep.aggregates import distinct_counts, merge_moments, partition_moments, per_partition
+from shoal.prep.aggregates import merge_distinct, merge_moments, partition_distinct, partition_moments, per_partition
 from shoal.prep.quantiles import exact_quantiles, merge_brackets, partition_brackets
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75]
@@ -23,14 +23,14 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     """
     columns = list(frame.columns) if columns is None else columns
     numeric = [c for c in columns if is_numeric(frame.dtypes[c])]
-    # one pass for moments and counts, one for distinct values, two more for exact quantiles
+    # one pass for moments, counts, distinct values and quantile brackets; one more for the quantiles
     levels = sorted(set(quantiles) | {0.5})
-    parts = per_partition(frame[columns], _profile, numeric, columns, levels)
+    parts = per_partition(frame[columns], _profile, numeric, columns, levels, distinct)
     summary = merge_moments([p[0] for p in parts]) if numeric else None
     brackets = merge_brackets([p[1] for p in parts], numeric, levels) if numeric else None
     counts = dict(zip(columns, sum(p[2] for p in parts)))
     rows = sum(p[3] for p in parts)
-    uniques = distinct_counts(frame, columns) if distinct else {}
+    uniques = merge_distinct([p[4] for p in parts]) if distinct else {}
     qs = exact_quantiles(frame, numeric, levels, "linear", summary, brackets) if numeric else {}
     out = {}
     for c in columns:
@@ -53,12 +53,13 @@ def column_statistics(frame, columns: list[str] | None = None, quantiles=DEFAULT
     return {"rows": int(rows), "columns": out}
 
 
-def _profile(part, numeric: list[str], columns: list[str], levels: list[float]):
+def _profile(part, numeric: list[str], columns: list[str], levels: list[float], distinct: bool):
     if numeric:
         moments_, brackets = partition_moments(part, numeric), partition_brackets(part, numeric, levels)
     else:
         moments_, brackets = None, None
-    return moments_, brackets, part[columns].count().to_numpy(), len(part)
+    uniques = partition_distinct(part, columns) if distinct else None
+    return moments_, brackets, part[columns].count().to_numpy(), len(part), uniques
 
 
 def _level(q: float) -> str:
