@@ -52,7 +52,7 @@ def main() -> None:
     if rank == 0:
         with open(a.out, "w") as f:
             json.dump({"samples_per_s": a.steps * a.batch / elapsed, "train_s": elapsed, "loss": loss.item()}, f)
-    dist.destroy_process_group()
+    # no destroy_process_group(): on gloo it can wait forever for a peer that already exited
 
 
 if __name__ == "__main__":
