@@ -6,15 +6,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchmetrics import MetricCollection
-from torchmetrics.aggregation import SumMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from shoal.data import deal, fetch
 from shoal.dist import DistEnv
 
 
-def classification_metrics(num_classes: int, device: torch.device) -> MetricCollection:
+def classification_metrics(num_classes: int, device: torch.device):
+    # imported here: torchmetrics costs ~1 s of every worker's start-up, and only evaluation needs it
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
@@ -28,6 +29,8 @@ def classification_metrics(num_classes: int, device: torch.device) -> MetricColl
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, env: DistEnv, num_classes: int, batch_size: int, loss_fn) -> dict[str, float]:
     """Each rank scores its contiguous share of the evaluation set; the metrics combine all shares."""
+    from torchmetrics.aggregation import SumMetric
+
     was_training = model.training
     model.eval()
     quality = classification_metrics(num_classes, env.device)
