@@ -138,12 +138,12 @@ def bench_throughput(tmp: Path, rounds: int = 2) -> list[dict]:
 def bench_bubble(tmp: Path) -> list[dict]:
     """bubble = 1 - T1 / (p * Tp): T1 is one process doing the same m micro-batches one after another."""
     micro_size, p, rows = 8, 2, []
-    for m in (2, 4, 8):
-        raw = merged(GPT, {"train": {"global_batch_size": micro_size * m, "steps": 30, "threads": 1}})
+    for m in (2, 4, 8):  # a wider model than GPT above, so compute and not messaging fills each micro-batch
+        raw = merged(GPT, {"model": {"dim": 256}, "train": {"global_batch_size": micro_size * m, "steps": 12, "log_every": 4, "threads": 1}})
         batch = micro_size * m
         t1 = batch / steady_rate(run(merged(raw, {"train": {"grad_accum": m}}), 1, tmp, f"bubble-ref-{m}"))
         for schedule in ("gpipe", "1f1b"):
-            recs = run(merged(raw, {"parallel": {"pp": p, "pp_schedule": schedule, "microbatches": m, "pp_balance": "layers"}}),
+            recs = run(merged(raw, {"parallel": {"pp": p, "pp_schedule": schedule, "microbatches": m}}),
                        p, tmp, f"bubble-{schedule}-{m}")
             tp = batch / steady_rate(recs)
             rows.append({"schedule": schedule, "microbatches": m, "step_s_1proc": t1, "step_s_pp": tp,
@@ -154,7 +154,7 @@ def bench_bubble(tmp: Path) -> list[dict]:
 # --- balanced vs naive split on a model with uneven layers ---------------------------------------------
 
 UNEVEN = {"model": {"name": "mlp", "hidden": [1024, 1024, 64, 64, 64, 64, 64, 64]},
-          "data": {"name": "digits"}, "optimizer": {"name": "sgd", "lr": 0.01},
+          "data": {"name": "digits", "drop_last": True}, "optimizer": {"name": "sgd", "lr": 0.01},
           "train": {"global_batch_size": 256, "steps": 30, "log_every": 10, "eval_every": 1000, "threads": 1}}
 
 
