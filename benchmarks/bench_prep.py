@@ -237,8 +237,8 @@ def table(title: str, rows: int, results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="scale 0.1, no memory cap")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--big-scale", type=float, default=5.0, help="the larger scale run under --cap")
+    parser.add_argument("--scale", type=float, default=1.0, help="the uncapped run (0: skip it)")
+    parser.add_argument("--big-scale", type=float, default=5.0, help="the larger scale run under --cap (0: skip it)")
     parser.add_argument("--cap", type=float, default=3.0, help="GiB of address space for each side in the big run")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--big-sides", default="pandas,shoal-threads")
@@ -251,7 +251,8 @@ def main() -> None:
         return child(args.side, Path(args.data), Path(args.out))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    runs = [(0.1 if args.quick else args.scale, None, args.sides.split(","))]
+    runs = [(0.1 if args.quick else args.scale, None, [x for x in args.sides.split(",") if x])]
+    runs = [r for r in runs if r[0] > 0 and r[2]]  # --scale 0: only the capped run
     if not args.quick and args.big_scale:
         runs.append((args.big_scale, args.cap, args.big_sides.split(",")))
     for scale, cap, sides in runs:
