@@ -1,0 +1,143 @@
+"""Sharded, atomic, resharding checkpoints on torch.distributed.checkpoint (DCP).
+
+A checkpoint is a directory `checkpoints/step-00000123/`: DCP's shard files and `.metadata`,
+plus `shoal.json` (step, world, layout) and `config.toml`. Every rank writes its shards into
+`.tmp-step-00000123/`; only after all ranks finished does rank 0 rename it into place, so a
+crash mid-write never leaves a directory that looks complete. Model and optimizer go through
+DCP's state-dict API, keyed by the unwrapped model's names, so a checkpoint written under one
+layout (DDP, FSDP, TP, another world size) loads under another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from shoal.errors import ShoalError
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+MARKER = "shoal.json"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Committed checkpoints, oldest first (a directory counts only once renamed into place with its marker)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def read_marker(path: Path) -> dict:
+    try:
+        return json.loads((path / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ShoalError(f"checkpoint '{path}' is incomplete or not a Shoal checkpoint (no readable {MARKER})") from None
+
+
+def _single_module(modules: list[nn.Module]) -> nn.Module:
+    """DCP's state-dict API takes one module; several pipeline stages on a rank travel as one list."""
+    return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+
+
+@dataclass
+class TrainState:
+    """What besides weights a run needs to continue exactly: the step (which fixes the data position)."""
+
+    step: int = 0
+
+
+class Checkpointer:
+    def __init__(self, root: Path, rank: int, world: int, keep: int = 2, group: dist.ProcessGroup | None = None):
+        self.root, self.rank, self.world, self.keep, self.group = root, rank, world, keep, group
+
+    def _barrier(self) -> None:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier(group=self.group)
+
+    def save(self, step: int, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler, meta: dict, fault=None) -> Path:
+        """Collective: every rank writes its shards, then rank 0 commits the directory and prunes old ones."""
+        started = time.perf_counter()
+        tmp, final = self.root / f".tmp-step-{step:08d}", step_dir(self.root, step)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
+        state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
+                 f"rng_rank{self.rank}": rng_state()}
+        dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
+        if fault is not None:
+            fault(step)  # test hook: dies here, after the shards and before the commit
+        self._barrier()
+        if self.rank == 0:
+            info = {**meta, "step": step, "world_size": self.world, "saved_at": time.time(), "save_s": time.perf_counter() - started}
+            (tmp / MARKER).write_text(json.dumps(info, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in complete_checkpoints(self.root)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        return final
+
+    def load(self, path: Path, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler) -> TrainState:
+        """Collective: reshards onto the current layout; RNG state comes back only on the same world size."""
+        info = read_marker(path)
+        module = _single_module(modules)
+        model_sd, optim_sd = get_state_dict(module, optimizer)
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": 0}}
+        same_world = info.get("world_size") == self.world
+        if same_world:
+            state[f"rng_rank{self.rank}"] = rng_state()
+        dcp.load(state, checkpoint_id=str(path), process_group=self.group)
+        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        scheduler.load_state_dict(state["scheduler"])
+        if same_world:
+            set_rng_state(state[f"rng_rank{self.rank}"])
+        return TrainState(step=int(state["train"]["step"]))
+
+
+def load_model_weights(path: Path, model: nn.Module) -> nn.Module:
+    """Read only the model's weights from a checkpoint into a plain module (no process group needed)."""
+    read_marker(path)
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    return model
