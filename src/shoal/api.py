@@ -24,6 +24,7 @@ from shoal.errors import ShoalError
 from shoal.dist.mesh import check_layout
 from shoal.models import build_model
 from shoal.models.gpt import lm_loss
+from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.run_dir import RunDir
 from shoal.train.progress import print_summary
 from shoal.train.trainer import FitResult, LossFn, Trainer, plan_for, total_steps
@@ -90,23 +91,28 @@ def _infer_classes(*datasets: Dataset | None) -> int:
 
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
         *, num_classes: int | None = None, loss_fn: LossFn = F.cross_entropy, out: str | Path | None = None,
-        overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True) -> FitResult:
+        overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,
+        resume: bool = False) -> FitResult:
     """Train `model` data-parallel over however many processes launched this script.
 
     `loss_fn(output, target, reduction="sum")` must return the sum over the samples (the
     trainer normalises it by the global batch). The returned model is the unwrapped module.
+    With `out`, checkpoints go to OUT/checkpoints; `resume=True` (and any restart by the
+    launcher) continues from the newest complete one, on this run's world size and layout.
     """
     cfg = as_config(config, overrides)
     env = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     set_threads(cfg)
     check_batching(cfg, len(train_set), env.world_size)
     classes = num_classes or _infer_classes(train_set, eval_set)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    checkpoints, resume_from = _checkpoints(cfg, env, out, resume, restarted)
     run_dir = None
     if out is not None and env.is_main:
-        run_dir = RunDir(Path(out), overwrite)
+        run_dir = RunDir(Path(out), overwrite, continuing=resume or restarted)
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
-    trainer = Trainer(cfg, env, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress)
+    trainer = Trainer(cfg, env, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress, checkpoints, resume_from)
     result = trainer.fit()
     state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
     if run_dir is not None:
@@ -115,6 +121,20 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     if summary and env.is_main:
         print_summary(summary_rows(cfg, env, result))
     return result
+
+
+def _checkpoints(cfg: JobConfig, env: DistEnv, out, resume: bool, restarted: bool) -> tuple[Checkpointer | None, Path | None]:
+    """Checkpointing needs a run directory; resuming needs a complete checkpoint in it."""
+    wanted = cfg.checkpoint.every or cfg.checkpoint.at_end or resume or restarted
+    if out is None or not wanted:
+        if resume:
+            raise ShoalError("resume: needs the run directory (--out) whose checkpoints to continue from")
+        return None, None
+    checkpoints = Checkpointer(Path(out) / "checkpoints", env.rank, env.world_size, cfg.checkpoint.keep)
+    latest = latest_checkpoint(checkpoints.root) if resume or restarted else None
+    if resume and latest is None and not restarted:
+        raise ShoalError(f"--resume: no complete checkpoint in '{checkpoints.root}'; drop --resume to start afresh")
+    return checkpoints, latest
 
 
 def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, str]]:
@@ -126,19 +146,21 @@ def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, 
     return rows
 
 
-def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False) -> dict[str, Any]:
+def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """What every worker of `shoal train` runs (under shoal's launcher or torchrun)."""
+    overwrite = overwrite or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # a restart replaces its own attempt's files
     splits = load_data(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
         model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
     loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
-    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out, overwrite=overwrite)
+    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out, overwrite=overwrite,
+                 resume=resume)
     return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}
 
 
-def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool) -> dict[str, Any]:
+def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool, resume: bool = False) -> dict[str, Any]:
     """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line."""
     try:
-        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite)
+        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite, resume)
     except ShoalError as err:
         return {"error": str(err)}

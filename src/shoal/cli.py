@@ -26,11 +26,17 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", help="run directory (default runs/NAME-TIMESTAMP)")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a key: --set train.epochs=3 (repeatable)")] = [],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="allow writing into a run directory that has files")] = False,
+    nnodes: Annotated[Optional[str], typer.Option("--nnodes", help="machines in the job: N, or MIN:MAX to go on when some leave (elastic)")] = None,
+    node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="this machine's number: 0 hosts the rendezvous, then 1, 2, ...")] = None,
+    rdzv: Annotated[Optional[str], typer.Option("--rdzv", help="HOST:PORT where every machine reaches node rank 0's rendezvous")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="restart the workers this many times after one fails (default: checkpoint.max_restarts)")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its newest complete checkpoint (any world size or layout)")] = False,
 ) -> None:
-    """Train a job: spawns the workers here, or runs as one worker when started by torchrun."""
+    """Train a job: spawns the workers here (one machine or one node of many), or runs as one worker under torchrun."""
+    from shoal.launch.nodes import node_spec
     from shoal.train.entry import train_command
 
-    train_command(job, nproc, out, list(set_), overwrite)
+    train_command(job, nproc, out, list(set_), overwrite, node_spec(nnodes, node_rank, rdzv), max_restarts, resume)
 
 
 @app.command()
@@ -47,6 +53,17 @@ def prep(
     result = run_prep(pipeline, out, cluster=cluster, apply_dir=apply, overwrite=overwrite)
     for line in result.summary_lines():
         typer.echo(line)
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint directory (RUN/checkpoints/step-N) or a run directory (its newest)")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the plain state_dict (model.pt)")],
+) -> None:
+    """Write a checkpoint's model weights as a plain state_dict that torch.load(weights_only=True) reads."""
+    from shoal.export import export_checkpoint
+
+    typer.echo(f"wrote {export_checkpoint(checkpoint, out)}")
 
 
 @app.command("config")

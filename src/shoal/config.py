@@ -92,6 +92,15 @@ class DistConfig(Section):
     timeout_s: float = Field(300.0, gt=0.0, description="seconds a collective may wait before the job fails")
 
 
+class CheckpointConfig(Section):
+    """Sharded checkpoints (DCP) in RUN_DIR/checkpoints; they make resume and restarts possible."""
+
+    every: int = Field(0, ge=0, description="save every N optimizer steps (0 = only at the end, if enabled)")
+    at_end: bool = Field(True, description="save a checkpoint after the last step")
+    keep: int = Field(2, ge=1, description="keep the newest N complete checkpoints")
+    max_restarts: int = Field(0, ge=0, description="restart failed workers up to N times; they resume from the newest checkpoint")
+
+
 class ParallelConfig(Section):
     """How the model and each batch are split over the processes: dp x fsdp x tp x pp = world size."""
 
@@ -127,6 +136,7 @@ class JobConfig(Section):
     comm: CommConfig = CommConfig()
     dist: DistConfig = DistConfig()
     parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _data_source_has_path(self) -> "JobConfig":

@@ -33,8 +33,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 class RunDir:
     """Written by rank 0 only."""
 
-    def __init__(self, path: Path, overwrite: bool = False):
-        check_writable(path, overwrite)
+    def __init__(self, path: Path, overwrite: bool = False, continuing: bool = False):
+        if not continuing:  # a resumed or restarted run goes on in its own directory
+            check_writable(path, overwrite)
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         if overwrite:
@@ -44,6 +45,14 @@ class RunDir:
 
     def write_config(self, toml_text: str) -> None:
         atomic_write_bytes(self.path / "config.toml", toml_text.encode())
+
+    def trim_after(self, step: int) -> None:
+        """On resume, drop records of steps the checkpoint does not contain: they are about to be redone."""
+        self._metrics.close()
+        path = self.path / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+        self._metrics = open(path, "a", buffering=1)
 
     def log(self, record: dict) -> None:
         self._metrics.write(json.dumps(record) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,8 @@ from shoal import parallel
 from shoal.data import fetch
 from shoal.dist.mesh import check_layout
 from shoal.parallel.runtime import Pipelined, Replicated
+from shoal.checkpoint import Checkpointer
+from shoal.dist.faults import fault_point
 from shoal.run_dir import RunDir
 from shoal.train.layout_eval import evaluate_layout
 from shoal.train.memory import memory_record, state_mb
@@ -57,8 +60,10 @@ def total_steps(cfg: JobConfig, plan: BatchPlan) -> int:
 
 class Trainer:
     def __init__(self, cfg: JobConfig, env: DistEnv, model: nn.Module, train_set: Dataset, eval_set: Dataset | None,
-                 num_classes: int, run_dir: RunDir | None = None, loss_fn: LossFn = F.cross_entropy, show_progress: bool = True):
+                 num_classes: int, run_dir: RunDir | None = None, loss_fn: LossFn = F.cross_entropy, show_progress: bool = True,
+                 checkpoints: Checkpointer | None = None, resume_from: Path | None = None):
         self.cfg, self.env, self.run_dir, self.loss_fn = cfg, env, run_dir, loss_fn
+        self.checkpoints, self.resume_from = checkpoints, resume_from
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
         self.dims = check_layout(cfg.parallel, env.world_size)
         self.plan = plan_for(cfg, len(train_set), self.dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
@@ -108,15 +113,33 @@ class Trainer:
             batch = self.plan.local_batch // self.cfg.train.grad_accum
         return evaluate_layout(self.layout, self.eval_set, batch, self.loss_fn)
 
+    def save_checkpoint(self, step: int) -> None:
+        t0 = time.perf_counter()
+        meta = {"layout": self.dims.describe(), "job": self.cfg.name}
+        path = self.checkpoints.save(step, self.layout.modules, self.optimizer, self.scheduler, meta,
+                                     fault=lambda s: fault_point("save", self.env.rank, s))
+        self._log({"kind": "checkpoint", "step": step, "path": str(path), "save_s": time.perf_counter() - t0})
+
+    def resume(self) -> int:
+        """Load the checkpoint given at construction (resharding onto this layout); returns its step."""
+        step = self.checkpoints.load(self.resume_from, self.layout.modules, self.optimizer, self.scheduler).step
+        if self.run_dir is not None:
+            self.run_dir.trim_after(step)
+        self._log({"kind": "resume", "step": step, "path": str(self.resume_from), "world_size": self.env.world_size})
+        self.progress.note(f"resumed from {self.resume_from} at step {step}")
+        return step
+
     def fit(self) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
+        first = self.resume() if self.resume_from is not None else 0
+        every = self.cfg.checkpoint.every if self.checkpoints is not None else 0
         self.layout.train()
         if self.dims.model_parallel:
             self._log({"kind": "layout", **self.layout.info})
         start = window_start = time.perf_counter()
         window_loss = window_samples = window_steps = window_wait = 0.0
         seen, last_loss, last_eval = 0, float("nan"), {}
-        for step in range(self.steps):
+        for step in range(first, self.steps):
             epoch, in_epoch = divmod(step, spe)
             loss_share, samples, wait = self.train_step(epoch, in_epoch)
             window_loss += loss_share
@@ -142,6 +165,12 @@ class Trainer:
                     self._log({"kind": "eval", "step": done, "epoch": epoch, **last_eval})
                     self.progress.note(f"eval @ step {done}: loss {last_eval['loss']:.4f}  accuracy {last_eval['accuracy']:.4f}")
                 window_start = time.perf_counter()  # throughput counts training, not evaluation
+            fault_point("step", self.env.rank, done)
+            if every and done % every == 0 and done < self.steps:
+                self.save_checkpoint(done)
+                window_start = time.perf_counter()
+        if self.checkpoints is not None and self.cfg.checkpoint.at_end and first < self.steps:
+            self.save_checkpoint(self.steps)
         wall = time.perf_counter() - start
         self.progress.close()
         return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
