@@ -1,4 +1,4 @@
-"""Spawn N workers on this machine through torch.distributed.elastic, the agent behind torchrun."""
+"""Spawn workers through torch.distributed.elastic, the agent behind torchrun: on this machine, or as one node of many."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from shoal.dist.env import free_port
+from shoal.launch.nodes import NodeSpec, interface_of, route_address
 
 
 class WorkerFailed(RuntimeError):
@@ -30,6 +31,40 @@ def launch_local(entry: Callable[..., Any], args: tuple, nproc: int, max_restart
         monitor_interval=0.1,
         start_method="spawn",
     )
+    return _run(config, entry, args)
+
+
+def launch_nodes(entry: Callable[..., Any], args: tuple, nproc: int, nodes: NodeSpec, max_restarts: int = 0,
+                 run_id: str = "shoal") -> dict[int, Any]:
+    """Run entry(*args) in `nproc` processes here as one node of a c10d rendezvous at nodes.endpoint.
+
+    Returns the results of this node's ranks, keyed by global rank. Every node must pass the
+    same run_id. After a failure every node restarts its workers (up to max_restarts) and they
+    meet again; within MIN:MAX nodes the job goes on with whoever is left (elastic).
+    """
+    local_addr = route_address(nodes.rdzv_host, nodes.rdzv_port)
+    interface = interface_of(local_addr)
+    if interface and interface != "lo":  # gloo binds to the interface the hostname resolves to, often 127.0.0.1
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    config = LaunchConfig(
+        min_nodes=nodes.min_nodes,
+        max_nodes=nodes.max_nodes,
+        nproc_per_node=nproc,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=nodes.endpoint,
+        # is_host: node rank 0 serves the store, which an address test cannot tell inside containers and namespaces;
+        # last_call_timeout: how long a (re)started round waits for more nodes once MIN are there (default 30 s)
+        rdzv_configs={"timeout": 300, "is_host": nodes.is_host, "last_call_timeout": 2, "join_timeout": 300},
+        max_restarts=max_restarts,
+        monitor_interval=0.1,
+        start_method="spawn",
+        local_addr=local_addr,
+    )
+    return _run(config, entry, args)
+
+
+def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[int, Any]:
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # pytorch#135712: stale addresses on restart
     try:
         return elastic_launch(config, entry)(*args)
