@@ -148,7 +148,6 @@ def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, 
 
 def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """What every worker of `shoal train` runs (under shoal's launcher or torchrun)."""
-    overwrite = overwrite or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # a restart replaces its own attempt's files
     splits = load_data(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
         model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
