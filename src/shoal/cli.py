@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_errors.UsageError as err:
         where = f"shoal {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "shoal --help"
         _fail(f"{err.format_message()} (see {where})")
-    except click_errors.Abort:
+    except getattr(click_errors, "Abort", ()):  # vendored click in recent typer has no Abort; `except ()` matches nothing
         _fail("aborted")
     sys.exit(code if isinstance(code, int) else 0)
 
