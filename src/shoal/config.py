@@ -101,6 +101,14 @@ class CheckpointConfig(Section):
     max_restarts: int = Field(0, ge=0, description="restart failed workers up to N times; they resume from the newest checkpoint")
 
 
+class HealthConfig(Section):
+    """Heartbeats, straggler reports and named hangs (see src/shoal/dist/health.py)."""
+
+    heartbeat_s: float = Field(1.0, ge=0.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
+    straggler_threshold: float = Field(1.5, gt=1.0, description="a rank busy longer than this x the other ranks' median per step is slow")
+    straggler_windows: int = Field(3, ge=1, description="log windows in a row a rank must be slow before it is named a straggler")
+
+
 class ParallelConfig(Section):
     """How the model and each batch are split over the processes: dp x fsdp x tp x pp = world size."""
 
@@ -135,6 +143,7 @@ class JobConfig(Section):
     train: TrainConfig = TrainConfig()
     comm: CommConfig = CommConfig()
     dist: DistConfig = DistConfig()
+    health: HealthConfig = HealthConfig()
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 

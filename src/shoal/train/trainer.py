@@ -27,6 +27,7 @@ from shoal.dist.mesh import check_layout
 from shoal.parallel.runtime import Pipelined, Replicated
 from shoal.checkpoint import Checkpointer
 from shoal.dist.faults import fault_point
+from shoal.dist.health import Health
 from shoal.run_dir import RunDir
 from shoal.train.layout_eval import evaluate_layout
 from shoal.train.memory import memory_record, state_mb
@@ -74,6 +75,7 @@ class Trainer:
         self.state_mb: float | None = None
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
+        self.health = Health(cfg, env, self._log)  # heartbeats, stragglers, hangs named by rank
 
     def _sample_microbatch(self) -> torch.Tensor:
         """Inputs of one pipeline micro-batch: what stage costs are measured on."""
@@ -141,7 +143,8 @@ class Trainer:
         seen, last_loss, last_eval = 0, float("nan"), {}
         for step in range(first, self.steps):
             epoch, in_epoch = divmod(step, spe)
-            loss_share, samples, wait = self.train_step(epoch, in_epoch)
+            with self.health.step(step + 1):
+                loss_share, samples, wait = self.train_step(epoch, in_epoch)
             window_loss += loss_share
             window_samples += samples
             window_steps += 1
@@ -173,5 +176,6 @@ class Trainer:
             self.save_checkpoint(self.steps)
         wall = time.perf_counter() - start
         self.progress.close()
+        self.health.close()
         return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
                          last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)

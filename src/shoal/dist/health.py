@@ -1,0 +1,177 @@
+"""Health of a running job: heartbeats, stragglers and hangs, each named by rank, host and pid.
+
+- Heartbeat: a thread in every rank sets one key in the c10d store every `health.heartbeat_s`
+  seconds: rank, host, pid, last finished step, collectives issued, time. No collectives.
+- Stragglers: a rank's busy time per step is the CPU time it spends in the step; waiting in
+  a collective does not count, so the rank everyone waits for stands out even though every
+  rank's wall time is the same. At log steps one tiny all_gather compares each rank with the
+  median of the others; above `straggler_threshold` x that for `straggler_windows` windows in
+  a row, the rank is named in metrics.jsonl and the log.
+- Hangs: a collective that times out (after `dist.timeout_s`, the process-group timeout)
+  raises CollectiveTimeout naming the ranks that did not arrive (fewer collectives issued than
+  this rank, or no heartbeat for a while) with their host, pid and last step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from shoal.config import JobConfig
+from shoal.dist.env import DistEnv
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective failed or timed out; the message names the ranks that did not arrive."""
+
+
+def _sequence_number() -> int:
+    """Collectives this rank has issued on the default group (gloo and NCCL count them)."""
+    try:
+        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())
+    except (RuntimeError, AttributeError):
+        return -1
+
+
+def _health_store(timeout_s: float) -> dist.Store:
+    """A client connection of our own to the job's TCP store, so the heartbeat thread shares no socket with training."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"shoal-health-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+class Health:
+    """One per rank. `with health.step(n):` around every optimizer step; nothing else to call."""
+
+    def __init__(self, cfg: JobConfig, env: DistEnv, log: Callable[[dict], None]):
+        self.cfg, self.env, self.log = cfg.health, env, log
+        self.timeout_s, self.log_every = cfg.dist.timeout_s, cfg.train.log_every
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.last_step, self.window_busy, self.window_steps = 0, 0.0, 0
+        self.slow_windows = np.zeros(env.world_size, dtype=int)
+        self.active = env.world_size > 1 and "MASTER_ADDR" in os.environ
+        self.hosts = [self.host] * env.world_size
+        self.store = None
+        if self.active:
+            gathered: list = [None] * env.world_size
+            dist.all_gather_object(gathered, self.host)
+            self.hosts = gathered
+            self.store = _health_store(min(self.timeout_s, 30.0))
+            if self.cfg.heartbeat_s > 0:
+                self._stop = threading.Event()
+                threading.Thread(target=self._beat_forever, name="shoal-heartbeat", daemon=True).start()
+
+    # heartbeat
+    def beat(self) -> None:
+        record = {"rank": self.env.rank, "host": self.host, "pid": self.pid, "step": self.last_step,
+                  "seq": _sequence_number(), "time": time.time()}
+        self.store.set(f"beat/{self.env.rank}", json.dumps(record))
+
+    def _beat_forever(self) -> None:
+        with contextlib.suppress(Exception):  # the store goes away at the end of the job
+            while not self._stop.wait(self.cfg.heartbeat_s):
+                self.beat()
+
+    def beats(self) -> dict[int, dict]:
+        keys = [f"beat/{r}" for r in range(self.env.world_size)]
+        found = {}
+        for rank, key in enumerate(keys):
+            with contextlib.suppress(Exception):
+                if self.store.check([key]):
+                    found[rank] = json.loads(self.store.get(key))
+        return found
+
+    # one step
+    @contextlib.contextmanager
+    def step(self, number: int):
+        """Times the step's busy (CPU) seconds; a failed collective inside it becomes a CollectiveTimeout naming the absent."""
+        busy0 = time.process_time()
+        try:
+            yield
+            _test_slowdown(self.env.rank)
+            self.window_busy += time.process_time() - busy0
+            self.window_steps += 1
+            self.last_step = number
+            _test_hang(self.env.rank, number)
+            if number % self.log_every == 0 and self.active:
+                self._compare_busy(number)
+        except RuntimeError as err:
+            if not self.active or isinstance(err, CollectiveTimeout):
+                raise
+            raise CollectiveTimeout(self.explain(number, err)) from err
+
+    # stragglers
+    def _compare_busy(self, step: int) -> None:
+        mine = torch.tensor([self.window_busy / max(self.window_steps, 1)], dtype=torch.float64)
+        everyone = [torch.zeros_like(mine) for _ in range(self.env.world_size)]
+        dist.all_gather(everyone, mine)
+        busy = torch.cat(everyone).numpy()
+        self.window_busy, self.window_steps = 0.0, 0
+        for rank, step_s in enumerate(busy):
+            others = np.median(np.delete(busy, rank))
+            slow = step_s > self.cfg.straggler_threshold * others
+            self.slow_windows[rank] = self.slow_windows[rank] + 1 if slow else 0
+            if slow and self.slow_windows[rank] % self.cfg.straggler_windows == 0:
+                self._report_straggler(step, rank, float(step_s), float(others))
+
+    def _report_straggler(self, step: int, rank: int, step_s: float, median_s: float) -> None:
+        record = {"kind": "straggler", "step": step, "rank": rank, "host": self.hosts[rank], "step_s": step_s, "median_s": median_s}
+        self.log(record)
+        if self.env.is_main:
+            print(f"straggler: rank {rank} on {self.hosts[rank]} is busy {step_s * 1e3:.1f} ms per step, the others "
+                  f"{median_s * 1e3:.1f} ms (median) over the last {self.slow_windows[rank]} log windows", file=sys.stderr, flush=True)
+
+    # hangs
+    def explain(self, step: int, err: BaseException) -> str:
+        """One line: which ranks this rank waited for at `step`, with host, pid and last step from their heartbeats."""
+        beats, now, mine = self.beats(), time.time(), _sequence_number()
+        stale_after = max(3 * self.cfg.heartbeat_s, 2.0)
+        absent = []
+        for rank in range(self.env.world_size):
+            if rank == self.env.rank:
+                continue
+            beat = beats.get(rank)
+            if beat is None:
+                absent.append(f"rank {rank} (host {self.hosts[rank]}, no heartbeat)")
+            elif beat["seq"] < mine or now - beat["time"] > stale_after:
+                silent = f", silent for {now - beat['time']:.0f} s" if now - beat["time"] > stale_after else ""
+                absent.append(f"rank {rank} (host {beat['host']}, pid {beat['pid']}, last step {beat['step']}{silent})")
+        lines = str(err).strip().splitlines()
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])[:160] if lines else type(err).__name__  # drop gloo's source path
+        who = "; ".join(absent) if absent else "no rank could be named (all heartbeats current)"
+        return (f"collective at step {step} failed on rank {self.env.rank} (dist.timeout_s = {self.timeout_s:g}): "
+                f"did not arrive: {who}; cause: {cause}")
+
+    def close(self) -> None:
+        if self.active and self.cfg.heartbeat_s > 0:
+            self._stop.set()
+
+
+def _test_slowdown(rank: int) -> None:
+    """Test-only: SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default
+    0.05) CPU seconds per step in those ranks, like a slower core."""
+    slow = os.environ.get("SHOAL_TEST_SLOW_RANK")
+    if slow and (slow == "*" or str(rank) in slow.split(",")):
+        until = time.process_time() + float(os.environ.get("SHOAL_TEST_SLOW_S", "0.05"))
+        while time.process_time() < until:
+            pass
+
+
+def _test_hang(rank: int, step: int) -> None:
+    """Test-only: SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP (first attempt only)."""
+    hang = os.environ.get("SHOAL_TEST_HANG")
+    if hang and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and hang == f"{rank}:{step}":
+        while True:
+            time.sleep(3600)
