@@ -104,9 +104,19 @@ def bench_largest(tmp: Path, budget_gib: float) -> list[dict]:
         (p0, m0, _), (p1, m1, s1) = points
         per_param = (m1 - m0) * 2**20 / (p1 - p0)  # bytes of peak RSS per parameter, per rank
         fixed = m0 - per_param * p0 / 2**20
-        largest = (budget_gib * 1024 / nproc - fixed) * 2**20 / per_param
         rows.append({"layout": label, "processes": nproc, "peak_rss_mb_small": m0, "peak_rss_mb_large": m1,
-                     "state_mb_large": s1, "bytes_per_param_per_rank": per_param, "largest_params": largest})
+                     "state_mb_large": s1, "bytes_per_param_per_rank": per_param})
+    return with_largest(rows, budget_gib)
+
+
+def with_largest(rows: list[dict], budget_gib: float, device_gib: float = 4.0) -> list[dict]:
+    """Largest model whose peak fits: each process in `device_gib` (a device's memory), and all of them in `budget_gib`."""
+    (p0, _), (p1, _) = [(gpt_params(d, n), 0) for d, n in ((512, 4), (1024, 8))]
+    for r in rows:
+        fixed = r["peak_rss_mb_small"] - r["bytes_per_param_per_rank"] * p0 / 2**20
+        per_rank_mb = lambda cap_mb: (cap_mb - fixed) * 2**20 / r["bytes_per_param_per_rank"]  # noqa: E731
+        r[f"largest_params_{device_gib:g}gib_per_process"] = per_rank_mb(device_gib * 1024)
+        r[f"largest_params_{budget_gib:g}gib_machine"] = per_rank_mb(budget_gib * 1024 / r["processes"])
     return rows
 
 

@@ -11,14 +11,19 @@ from shoal.dist.mesh import ParallelDims
 
 
 def full_state_dict(modules: list[nn.Module], dims: ParallelDims, rank: int, key_order: list[str]) -> dict | None:
-    """Collective over the world: DTensors are gathered whole, pipeline stages are sent to rank 0."""
+    """Collective over the world: DTensors are gathered whole, pipeline stages are sent to rank 0.
+
+    Only the rank that keeps a stage holds its whole tensors (one at a time elsewhere), so a
+    model too big for one process is never whole on every rank at once.
+    """
+    c = dims.coords(rank)
+    owner = c["dp"] == c["fsdp"] == c["tp"] == 0  # one copy of each stage
     part = {}
     for module in modules:
         for key, value in module.state_dict().items():
-            value = value.full_tensor() if isinstance(value, DTensor) else value
-            part[key] = value.detach().cpu().clone()
-    c = dims.coords(rank)
-    owner = c["dp"] == c["fsdp"] == c["tp"] == 0  # one copy of each stage
+            value = value.full_tensor() if isinstance(value, DTensor) else value  # every peer must take part
+            if owner:
+                part[key] = value.detach().cpu().clone()
     if dims.pp > 1:
         parts = [None] * dims.world if rank == 0 else None
         dist.gather_object(part if owner else {}, parts, dst=0)
