@@ -163,7 +163,8 @@ def bench_bubble(tmp: Path) -> list[dict]:
 
 # --- balanced vs naive split on a model with uneven layers ---------------------------------------------
 
-UNEVEN = {"model": {"name": "mlp", "hidden": [1024, 1024, 64, 64, 64, 64, 64, 64]},
+# Two wide layers up front, a tail of narrow ones: equal layer counts put nearly all work in stage 0.
+UNEVEN = {"model": {"name": "mlp", "hidden": [512, 512, 512, 64, 64, 64, 64, 64, 64, 64]},
           "data": {"name": "digits", "drop_last": True}, "optimizer": {"name": "sgd", "lr": 0.01},
           "train": {"global_batch_size": 256, "steps": 30, "log_every": 10, "eval_every": 1000, "threads": 1}}
 
@@ -174,7 +175,10 @@ def bench_balance(tmp: Path) -> list[dict]:
         recs = run(merged(UNEVEN, {"parallel": {"pp": 2, "pp_balance": balance}}), 2, tmp, f"balance-{balance}")
         info = next(r for r in recs if r["kind"] == "layout")["pipeline"]
         step = UNEVEN["train"]["global_batch_size"] / steady_rate(recs)
-        rows.append({"split": balance, "stages": info["stages"], "predicted_s": info["predicted_s"], "step_s": step})
+        m, p = info["microbatches"], len(info["stages"])
+        rows.append({"split": balance, "stages": " | ".join(",".join(s) for s in info["stages"]),
+                     "predicted_stage_s": [round(t, 5) for t in info["predicted_s"]],
+                     "predicted_step_s": (m + p - 1) * max(info["predicted_s"]), "step_s": step})
     naive = rows[0]["step_s"]
     for r in rows:
         r["speedup_vs_equal_layers"] = naive / r["step_s"]
