@@ -66,6 +66,23 @@ def export(
     typer.echo(f"wrote {export_checkpoint(checkpoint, out)}")
 
 
+@app.command()
+def deploy(
+    target: Annotated[str, typer.Argument(help="k8s (Kubeflow PyTorchJob + ConfigMap) or slurm (sbatch script)")],
+    job: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    nnodes: Annotated[str, typer.Option("--nnodes", help="machines: N, or MIN:MAX for an elastic job")] = "2",
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="processes per machine (default: the job's nproc)")] = None,
+    image: Annotated[str, typer.Option("--image", help="k8s: container image with shoal installed")] = "shoal:latest",
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="restarts after a failure before the job fails")] = 3,
+    out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default NAME.yaml / NAME.sbatch)")] = None,
+) -> None:
+    """Write the files that run a job on a cluster under torchrun: Kubernetes (Kubeflow) or SLURM."""
+    from shoal.config import load_job
+    from shoal.launch.manifests import deploy as render
+
+    typer.echo(f"wrote {render(target, job, load_job(job), nnodes, nproc_per_node, image, max_restarts, out)}")
+
+
 @app.command("config")
 def show_config() -> None:
     """Print every job-file key with its default and meaning."""

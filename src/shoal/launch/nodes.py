@@ -47,6 +47,11 @@ def parse_nnodes(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def node_counts(min_nodes: int, max_nodes: int) -> range:
+    """Every node count an elastic job may run at (the batch must split over each); the first 64 of a wide range."""
+    return range(min_nodes, min(max_nodes, min_nodes + 63) + 1)
+
+
 def parse_rdzv(text: str) -> tuple[str, int]:
     """'HOST:PORT' of the rendezvous store (hosted by node rank 0); IPv6 as [ADDR]:PORT."""
     host, sep, port = text.strip().rpartition(":")
