@@ -1,9 +1,23 @@
-"""Shoal: take a PyTorch training job beyond one machine."""
+"""Shoal: take a PyTorch training job beyond one machine.
 
-from shoal.api import fit
-from shoal.config import JobConfig, load_job
-from shoal.errors import ShoalError
-from shoal.train.trainer import FitResult, Trainer
+Names are imported on first use, so `shoal prep` and `shoal --help` do not pay for torch.
+"""
 
-__all__ = ["FitResult", "JobConfig", "ShoalError", "Trainer", "fit", "load_job"]
+from importlib import import_module
+
 __version__ = "0.1.0"
+_EXPORTS = {
+    "fit": "shoal.api",
+    "JobConfig": "shoal.config",
+    "load_job": "shoal.config",
+    "ShoalError": "shoal.errors",
+    "FitResult": "shoal.train.trainer",
+    "Trainer": "shoal.train.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
