@@ -79,6 +79,9 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of every epoch)")
     log_every: int = Field(10, ge=1, description="write a training record every N steps")
     threads: int = Field(0, ge=0, description="torch threads per process (0 = cores / processes)")
+    on_nonfinite: Literal["fail", "skip", "rollback"] = Field(
+        "fail", description="a NaN/inf gradient: fail naming the step, skip that step, or roll back to the newest checkpoint")
+    max_nonfinite: int = Field(3, ge=1, description="skip/rollback: stop after this many non-finite steps")
 
 
 class CommConfig(Section):

@@ -47,10 +47,12 @@ class RunDir:
         atomic_write_bytes(self.path / "config.toml", toml_text.encode())
 
     def trim_after(self, step: int) -> None:
-        """On resume, drop records of steps the checkpoint does not contain: they are about to be redone."""
+        """On resume, drop the training records of steps the checkpoint does not contain: they are about to
+        be redone. Events (restarts, non-finite steps, stragglers) stay: they happened."""
         self._metrics.close()
         path = self.path / "metrics.jsonl"
-        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        redone = lambda r: r.get("kind") in ("train", "eval", "checkpoint") and r.get("step", 0) > step  # noqa: E731
+        kept = [line for line in path.read_text().splitlines() if not redone(json.loads(line))]
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
         self._metrics = open(path, "a", buffering=1)
 

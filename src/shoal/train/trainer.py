@@ -7,6 +7,7 @@ exactly the global-batch mean, however the batch was dealt (uneven and empty sha
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from shoal import parallel
 from shoal.data import fetch
 from shoal.dist.mesh import check_layout
 from shoal.parallel.runtime import Pipelined, Replicated
-from shoal.checkpoint import Checkpointer
+from shoal.checkpoint import Checkpointer, latest_checkpoint
+from shoal.errors import ShoalError
 from shoal.dist.faults import fault_point
 from shoal.dist.health import Health
 from shoal.run_dir import RunDir
@@ -86,8 +88,9 @@ class Trainer:
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.log(record)
 
-    def train_step(self, epoch: int, step_in_epoch: int) -> tuple[float, int, float]:
-        """One optimizer step; returns this rank's share of the global mean loss, global samples, and data wait."""
+    def train_step(self, epoch: int, step_in_epoch: int) -> tuple[float, int, float] | None:
+        """One optimizer step; returns this rank's share of the global mean loss, global samples, and data wait,
+        or None when the gradient was not finite (then nothing was updated)."""
         t0 = time.perf_counter()
         batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.layout.dp_rank,
                                     self.cfg.train.grad_accum, self.env.device))
@@ -96,8 +99,10 @@ class Trainer:
         loss_share = 0.0
         for i, mb in enumerate(batches):
             loss_share += self.layout.forward_backward(mb.inputs, mb.targets, self.loss_fn, scale, sync=i == len(batches) - 1)
-        if self.cfg.train.clip_grad_norm:
-            self.layout.clip_grad_norm_(self.cfg.train.clip_grad_norm)
+        norm = self.layout.clip_grad_norm_(self.cfg.train.clip_grad_norm or math.inf)  # inf: measure, scale by 1
+        if not math.isfinite(norm):  # a global norm: every rank sees the same value and takes this branch together
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         if self.state_mb is None:  # parameters, gradients and optimizer state all exist now
             self.state_mb = state_mb(self.layout.parameters(), self.optimizer)
@@ -131,6 +136,26 @@ class Trainer:
         self.progress.note(f"resumed from {self.resume_from} at step {step}")
         return step
 
+    def after_nonfinite(self, step: int) -> int:
+        """Apply train.on_nonfinite to a step whose gradient was NaN/inf; returns the step to go on after."""
+        t = self.cfg.train
+        self.nonfinite += 1
+        self._log({"kind": "nonfinite", "step": step, "action": t.on_nonfinite, "count": self.nonfinite})
+        where = f"non-finite gradient (NaN or inf) at step {step}"
+        if t.on_nonfinite == "fail":
+            raise ShoalError(f"train: {where}; lower optimizer.lr, set train.clip_grad_norm, check the data, "
+                             "or set train.on_nonfinite = 'skip' / 'rollback'")
+        if self.nonfinite > t.max_nonfinite:
+            raise ShoalError(f"train: {where}, the {self.nonfinite}th such step; stopped after train.max_nonfinite = {t.max_nonfinite}")
+        self.progress.note(f"{where}: {t.on_nonfinite}")
+        if t.on_nonfinite == "skip":
+            return step
+        latest = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
+        if latest is None:
+            raise ShoalError(f"train: {where} and no checkpoint to roll back to; set checkpoint.every")
+        self.resume_from = latest
+        return self.resume()
+
     def fit(self) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
         first = self.resume() if self.resume_from is not None else 0
@@ -141,10 +166,15 @@ class Trainer:
         start = window_start = time.perf_counter()
         window_loss = window_samples = window_steps = window_wait = 0.0
         seen, last_loss, last_eval = 0, float("nan"), {}
-        for step in range(first, self.steps):
+        step, self.nonfinite = first, 0
+        while step < self.steps:
             epoch, in_epoch = divmod(step, spe)
             with self.health.step(step + 1):
-                loss_share, samples, wait = self.train_step(epoch, in_epoch)
+                outcome = self.train_step(epoch, in_epoch)
+            if outcome is None:
+                step = self.after_nonfinite(step + 1)
+                continue
+            loss_share, samples, wait = outcome
             window_loss += loss_share
             window_samples += samples
             window_steps += 1
@@ -172,6 +202,7 @@ class Trainer:
             if every and done % every == 0 and done < self.steps:
                 self.save_checkpoint(done)
                 window_start = time.perf_counter()
+            step = done
         if self.checkpoints is not None and self.cfg.checkpoint.at_end and first < self.steps:
             self.save_checkpoint(self.steps)
         wall = time.perf_counter() - start
