@@ -97,7 +97,7 @@ def test_slurm_script_is_valid_bash_with_known_sbatch_options(tmp_path):
     assert directives and set(directives) <= SBATCH_OPTIONS
     assert directives["nodes"] == "2-4"
     assert all(line.startswith("#SBATCH --") for line in script.splitlines() if line.startswith("#SBATCH"))
-    assert 'srun torchrun --nnodes "$SLURM_NNODES"' in script and '--rdzv-endpoint "$head:29400"' in script
+    assert 'srun torchrun --nnodes "2:$SLURM_NNODES"' in script and '--rdzv-endpoint "$head:29400"' in script
 
 
 @pytest.mark.parametrize("args, message", [

@@ -119,7 +119,9 @@ def slurm_script(d: Deployment) -> str:
     """An sbatch script: one torchrun per node (srun), c10d rendezvous on the allocation's first node."""
     nodes = str(d.max_nodes) if not d.elastic else f"{d.min_nodes}-{d.max_nodes}"
     job_file = shlex.quote(str(d.job_path.resolve()))  # the cluster's shared file system must hold it
-    torchrun = ["torchrun", "--nnodes", '"$SLURM_NNODES"', "--nproc-per-node", str(d.nproc_per_node),
+    # elastic: go on with MIN..allocated nodes when one fails; a round waits 5 s for late nodes instead of 30
+    nnodes = [f'"{d.min_nodes}:$SLURM_NNODES"', "--rdzv-conf", "last_call_timeout=5"] if d.elastic else ['"$SLURM_NNODES"']
+    torchrun = ["torchrun", "--nnodes", *nnodes, "--nproc-per-node", str(d.nproc_per_node),
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f'"$head:{RDZV_PORT}"', "--rdzv-id", '"$SLURM_JOB_ID"',
                 "--max-restarts", str(d.max_restarts), *_train_args(job_file, f'"runs/{d.name}-$SLURM_JOB_ID"')]
     return "\n".join([
