@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -130,7 +131,9 @@ def _checkpoints(cfg: JobConfig, env: DistEnv, out, resume: bool, restarted: boo
         if resume:
             raise ShoalError("resume: needs the run directory (--out) whose checkpoints to continue from")
         return None, None
-    checkpoints = Checkpointer(Path(out) / "checkpoints", env.rank, env.world_size, cfg.checkpoint.keep)
+    c = cfg.checkpoint
+    group = dist.new_group(backend="gloo") if c.async_save and env.world_size > 1 else None  # apart from training's collectives
+    checkpoints = Checkpointer(Path(out) / "checkpoints", env.rank, env.world_size, c.keep, group, c.async_save)
     latest = latest_checkpoint(checkpoints.root) if resume or restarted else None
     if resume and latest is None and not restarted:
         raise ShoalError(f"--resume: no complete checkpoint in '{checkpoints.root}'; drop --resume to start afresh")

@@ -84,8 +84,15 @@ class TrainState:
 
 
 class Checkpointer:
-    def __init__(self, root: Path, rank: int, world: int, keep: int = 2, group: dist.ProcessGroup | None = None):
+    """With `async_save`, shards are copied to memory and written by a background thread while training
+    goes on; the commit happens at the next save or `wait()`. Its collectives then need a process group
+    of their own (`group`), so they never interleave with training's."""
+
+    def __init__(self, root: Path, rank: int, world: int, keep: int = 2, group: dist.ProcessGroup | None = None,
+                 async_save: bool = False):
         self.root, self.rank, self.world, self.keep, self.group = root, rank, world, keep, group
+        self.async_save = async_save
+        self.pending: tuple | None = None
 
     def _barrier(self) -> None:
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -93,6 +100,7 @@ class Checkpointer:
 
     def save(self, step: int, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler, meta: dict, fault=None) -> Path:
         """Collective: every rank writes its shards, then rank 0 commits the directory and prunes old ones."""
+        self.wait()
         started = time.perf_counter()
         tmp, final = self.root / f".tmp-step-{step:08d}", step_dir(self.root, step)
         if self.rank == 0:
@@ -102,7 +110,23 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
         state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
                  f"rng_rank{self.rank}": rng_state()}
-        dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
+        job = (step, tmp, final, meta, started, fault)
+        if self.async_save:
+            self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), *job)
+        else:
+            dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
+            self._commit(*job)
+        return final
+
+    def wait(self) -> None:
+        """Commit the asynchronous save in flight, if any (collective)."""
+        if self.pending is not None:
+            future, *job = self.pending
+            self.pending = None
+            future.result()
+            self._commit(*job)
+
+    def _commit(self, step: int, tmp: Path, final: Path, meta: dict, started: float, fault) -> None:
         if fault is not None:
             fault(step)  # test hook: dies here, after the shards and before the commit
         self._barrier()
@@ -115,10 +139,10 @@ class Checkpointer:
             for old in complete_checkpoints(self.root)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
-        return final
 
     def load(self, path: Path, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler) -> TrainState:
         """Collective: reshards onto the current layout; RNG state comes back only on the same world size."""
+        self.wait()
         info = read_marker(path)
         module = _single_module(modules)
         model_sd, optim_sd = get_state_dict(module, optimizer)

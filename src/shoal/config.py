@@ -101,6 +101,7 @@ class CheckpointConfig(Section):
     every: int = Field(0, ge=0, description="save every N optimizer steps (0 = only at the end, if enabled)")
     at_end: bool = Field(True, description="save a checkpoint after the last step")
     keep: int = Field(2, ge=1, description="keep the newest N complete checkpoints")
+    async_save: bool = Field(False, description="write checkpoints in a background thread while training goes on")
     max_restarts: int = Field(0, ge=0, description="restart failed workers up to N times; they resume from the newest checkpoint")
 
 

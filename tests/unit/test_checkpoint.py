@@ -83,3 +83,17 @@ def test_weights_load_into_a_plain_module(tmp_path: Path):
     plain, _, _ = make(seed=5)
     load_model_weights(path, plain)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+def test_asynchronous_save_commits_on_wait(tmp_path: Path):
+    model, opt, sched = make()
+    steps(model, opt, sched, 2, seed=4)
+    ck = Checkpointer(tmp_path, rank=0, world=1, async_save=True)
+    path = ck.save(2, [model], opt, sched, {})
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    steps(model, opt, sched, 2, seed=5)  # training goes on while the save is in flight; the copy was taken before
+    ck.wait()
+    assert latest_checkpoint(tmp_path) == path
+    plain, _, _ = make(seed=5)
+    load_model_weights(path, plain)
+    assert all(torch.equal(expected[k], v) for k, v in plain.state_dict().items())

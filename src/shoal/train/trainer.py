@@ -203,8 +203,10 @@ class Trainer:
                 self.save_checkpoint(done)
                 window_start = time.perf_counter()
             step = done
-        if self.checkpoints is not None and self.cfg.checkpoint.at_end and first < self.steps:
-            self.save_checkpoint(self.steps)
+        if self.checkpoints is not None:
+            if self.cfg.checkpoint.at_end and first < self.steps:
+                self.save_checkpoint(self.steps)
+            self.checkpoints.wait()
         wall = time.perf_counter() - start
         self.progress.close()
         self.health.close()
