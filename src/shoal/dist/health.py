@@ -108,8 +108,8 @@ class Health:
             if number % self.log_every == 0 and self.active:
                 self._compare_busy(number)
         except RuntimeError as err:
-            if not self.active or isinstance(err, CollectiveTimeout):
-                raise
+            if not self.active or isinstance(err, CollectiveTimeout) or not _is_communication_error(err):
+                raise  # a bug in the model or data keeps its own traceback
             raise CollectiveTimeout(self.explain(number, err)) from err
 
     # stragglers
@@ -157,6 +157,13 @@ class Health:
     def close(self) -> None:
         if self.active and self.cfg.heartbeat_s > 0:
             self._stop.set()
+
+
+def _is_communication_error(err: RuntimeError) -> bool:
+    """gloo raises plain RuntimeErrors; NCCL raises DistError subclasses."""
+    text = str(err).lower()
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        sign in text for sign in ("gloo", "timed out", "connection closed", "connection reset", "broken pipe", "nccl"))
 
 
 def _test_slowdown(rank: int) -> None:
