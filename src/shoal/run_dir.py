@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ class RunDir:
         self._metrics = open(path, "a", buffering=1)
 
     def log(self, record: dict) -> None:
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(json.dumps({**record, "unix_time": round(time.time(), 3)}) + "\n")
 
     def save_model(self, state_dict: dict) -> Path:
         target = self.path / "model.pt"
