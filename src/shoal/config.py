@@ -196,6 +196,15 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win key by key, sections merged rather than replaced (a base job plus variations)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = deep_merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` overrides to the raw dict; validation afterwards checks types."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import shoal
+from shoal.config import deep_merge as merged
 from shoal.data import load
 from shoal.models import build_model
 
@@ -29,14 +30,6 @@ CASES = {
                            "data": {"partition": "contiguous"}},
 }
 HOOK_CASES = {hook: {**LONGER, "comm": {"hook": hook, "powersgd_rank": 2, "powersgd_warmup": 2}} for hook in ("fp16", "bf16", "powersgd")}
-
-
-def merged(*layers: dict) -> dict:
-    out: dict = {}
-    for layer in layers:
-        for k, v in layer.items():
-            out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def train_case(overrides: dict) -> dict:
