@@ -11,6 +11,12 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -q
 
+# Every benchmark of BENCHMARKS.md (about an hour on 2 cores); bench_node_restart.py needs root.
 bench: setup
+	.venv/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
 	.venv/bin/python benchmarks/bench_overhead.py
 	.venv/bin/python benchmarks/bench_mnist.py
+	.venv/bin/python benchmarks/bench_checkpoint.py
+	.venv/bin/python benchmarks/bench_layouts.py all
+	.venv/bin/python benchmarks/bench_prep.py
+	.venv/bin/python benchmarks/bench_node_restart.py
