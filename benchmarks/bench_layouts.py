@@ -30,7 +30,10 @@ RESULTS = HERE / "results"
 GPT = {"model": {"name": "gpt", "layers": 4, "dim": 128, "heads": 4},
        "data": {"name": "shakespeare", "seq_len": 64, "limit_eval": 64},
        "optimizer": {"name": "adamw", "lr": 0.003},
-       "train": {"global_batch_size": 32, "steps": 40, "log_every": 10, "eval_every": 1000}}
+       "train": {"global_batch_size": 32, "steps": 40, "log_every": 10, "eval_every": 1000, "threads": 1}}
+# One thread per process everywhere: on a loaded machine two OpenMP threads in one process
+# can run several times slower than one (they spin on each other), which would flatter every
+# multi-process layout against the 1-process baseline.
 
 
 def merged(*layers: dict) -> dict:
