@@ -46,6 +46,8 @@ LAYOUTS_4 = {
     "fsdp2-tp2": {"fsdp": 2, "tp": 2},
     "pp2-dp2": {"pp": 2, "dp": 2},
     "pp2-tp2": {"pp": 2, "tp": 2},
+    "pp2-fsdp2": {"pp": 2, "fsdp": 2},
+    "dp2-fsdp2": {"dp": 2, "fsdp": 2},
 }
 
 
