@@ -4,6 +4,7 @@ Every run is a real `shoal train` (CLI, local launcher); figures come from its m
 
     python benchmarks/bench_layouts.py memory       # per-rank params+grads+optimizer state, fsdp = 1, 2, 4
     python benchmarks/bench_layouts.py largest      # peak memory per rank at two sizes -> largest gpt per layout
+    python benchmarks/bench_layouts.py verify       # train a ~199M gpt with fsdp=4, against the prediction
     python benchmarks/bench_layouts.py throughput   # samples/s of each layout on one gpt
     python benchmarks/bench_layouts.py bubble       # pipeline bubble vs (p-1)/(m+p-1)
     python benchmarks/bench_layouts.py balance      # balanced vs equal-layer-count split on uneven layers
@@ -121,6 +122,24 @@ def with_largest(rows: list[dict], budget_gib: float, device_gib: float = 4.0) -
         r[f"largest_params_{device_gib:g}gib_per_process"] = per_rank_mb(device_gib * 1024)
         r[f"largest_params_{budget_gib:g}gib_machine"] = per_rank_mb(budget_gib * 1024 / r["processes"])
     return rows
+
+
+def bench_verify(tmp: Path) -> list[dict]:
+    """Check the fit on one model past the 4 GiB-per-process line for 1 process (~199M parameters): fsdp=4 trains it."""
+    dim, layers = 1536, 7
+    raw = merged(GPT, {"model": {"dim": dim, "layers": layers, "heads": 8}, "data": {"seq_len": 32, "limit_eval": 16},
+                       "train": {"global_batch_size": 8, "steps": 2, "log_every": 1}, "parallel": {"fsdp": 4, "meta_init": True}})
+    last = [r for r in run(raw, 4, tmp, "verify-fsdp4") if r["kind"] == "train"][-1]
+    fits = {r["layout"]: r for r in json.loads((RESULTS / "layouts-largest.json").read_text())}
+    n = gpt_params(dim, layers)
+
+    def predicted(label: str) -> float:
+        r = fits[label]
+        fixed = r["peak_rss_mb_small"] - r["bytes_per_param_per_rank"] * gpt_params(512, 4) / 2**20
+        return fixed + r["bytes_per_param_per_rank"] * n / 2**20
+
+    return [{"params": n, "layout": "fsdp=4", "peak_rss_mb_per_rank": last["peak_rss_mb_per_rank"], "state_mb": last["state_mb"],
+             "predicted_peak_mb_fsdp4": predicted("fsdp=4"), "predicted_peak_mb_1_process": predicted("1 process")}]
 
 
 # --- throughput of each layout on the same gpt ------------------------------------------------------
@@ -251,14 +270,14 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["memory", "largest", "throughput", "bubble", "balance", "all"])
+    parser.add_argument("what", choices=["memory", "largest", "verify", "throughput", "bubble", "balance", "all"])
     parser.add_argument("--budget-gib", type=float, default=20.0, help="memory the largest-model estimate may use, all processes together")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     todo = ["memory", "throughput", "bubble", "balance", "largest"] if args.what == "all" else [args.what]
     with tempfile.TemporaryDirectory() as tmp:
         for what in todo:
-            fn = {"memory": bench_memory, "throughput": bench_throughput, "bubble": bench_bubble, "balance": bench_balance,
+            fn = {"memory": bench_memory, "verify": bench_verify, "throughput": bench_throughput, "bubble": bench_bubble, "balance": bench_balance,
                   "largest": lambda t: bench_largest(t, args.budget_gib)}[what]
             rows = fn(Path(tmp))
             (RESULTS / f"layouts-{what}.json").write_text(json.dumps(rows, indent=1))
