@@ -234,12 +234,12 @@ def bench_bubble(tmp: Path, repeats: int = 5) -> list[dict]:
 # --- balanced vs naive split on a model with uneven layers ---------------------------------------------
 
 # Two wide layers up front, a tail of narrow ones: equal layer counts put nearly all work in stage 0.
-UNEVEN = {"model": {"name": "mlp", "hidden": [512, 512, 512, 64, 64, 64, 64, 64, 64, 64]},
+UNEVEN = {"model": {"name": "mlp", "hidden": [2048, 2048, 2048, 256, 256, 256, 256, 256, 256, 256]},
           "data": {"name": "digits", "drop_last": True}, "optimizer": {"name": "sgd", "lr": 0.01},
-          "train": {"global_batch_size": 256, "steps": 30, "log_every": 10, "eval_every": 1000, "threads": 1}}
+          "train": {"global_batch_size": 256, "steps": 20, "log_every": 5, "eval_every": 1000, "threads": 1}}
 
 
-def bench_balance(tmp: Path, rounds: int = 3) -> list[dict]:
+def bench_balance(tmp: Path, rounds: int = 2) -> list[dict]:
     """Each split's best step time over `rounds`, the splits taking turns (outside load hits all alike)."""
     best: dict[str, float] = {}
     info: dict[str, dict] = {}
