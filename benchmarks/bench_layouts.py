@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from shoal.config import to_toml, validate
+from shoal.config import deep_merge as merged
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -35,14 +36,6 @@ GPT = {"model": {"name": "gpt", "layers": 4, "dim": 128, "heads": 4},
 # One thread per process everywhere: on a loaded machine two OpenMP threads in one process
 # can run several times slower than one (they spin on each other), which would flatter every
 # multi-process layout against the 1-process baseline.
-
-
-def merged(*layers: dict) -> dict:
-    out: dict = {}
-    for layer in layers:
-        for k, v in layer.items():
-            out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def run(raw: dict, nproc: int, tmp: Path, name: str) -> list[dict]:

@@ -13,6 +13,7 @@ import torch
 
 import shoal
 from shoal.api import run_job
+from shoal.config import deep_merge as merged
 
 MODELS = {
     "gpt": {
@@ -49,14 +50,6 @@ LAYOUTS_4 = {
     "pp2-fsdp2": {"pp": 2, "fsdp": 2},
     "dp2-fsdp2": {"dp": 2, "fsdp": 2},
 }
-
-
-def merged(*layers: dict) -> dict:
-    out: dict = {}
-    for layer in layers:
-        for k, v in layer.items():
-            out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 MODELS["gpt_tied"] = merged(MODELS["gpt"], {"model": {"tie_head": True}})
