@@ -68,6 +68,8 @@ def launch_nodes(entry: Callable[..., Any], args: tuple, nproc: int, nodes: Node
 
 def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[int, Any]:
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # pytorch#135712: stale addresses on restart
+    # as torchrun does: size OpenMP's pool before a worker starts, not after it built its data and model
+    os.environ.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // config.nproc_per_node, 1)))
     try:
         return elastic_launch(config, entry)(*args)
     except ChildFailedError as err:
