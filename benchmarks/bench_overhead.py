@@ -54,7 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     a = p.parse_args()
     shoal, plain = [], []
     with tempfile.TemporaryDirectory() as d:
@@ -62,14 +62,15 @@ def main() -> None:
             shoal.append(shoal_run(Path(d), a.steps, a.batch, i))
             plain.append(plain_run(Path(d), a.steps, a.batch, i))
     med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+    pairs = sorted(s[0] / p[0] for s, p in zip(shoal, plain))  # each shoal run against the plain run right after it
     print(f"MNIST CNN, 2 processes, {a.steps} steps x {a.batch} samples, {a.repeats} alternating runs each (medians)")
     print("| runner | train samples/s | end-to-end wall s |")
     print("|---|---|---|")
     print(f"| plain torch DDP loop (torchrun) | {med(plain, 0):,.0f} | {med(plain, 1):.1f} |")
     print(f"| shoal train | {med(shoal, 0):,.0f} | {med(shoal, 1):.1f} |")
     print(f"| ratio shoal / plain | {med(shoal, 0) / med(plain, 0):.3f} | {med(shoal, 1) / med(plain, 1):.3f} |")
+    print(f"paired ratios: median {statistics.median(pairs):.3f}, range {pairs[0]:.3f}-{pairs[-1]:.3f}")
     print("per-run samples/s: shoal", [round(x[0]) for x in shoal], "plain", [round(x[0]) for x in plain])
-
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ from shoal.models import build_model
 from shoal.models.gpt import lm_loss
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.run_dir import RunDir
+from shoal.train.malloc import keep_freed_memory
 from shoal.train.progress import print_summary
 from shoal.train.trainer import FitResult, LossFn, Trainer, plan_for, total_steps
 
@@ -76,11 +77,14 @@ def check_pipeline_batches(cfg: JobConfig, n_train: int, dims) -> None:
         )
 
 
-def set_threads(cfg: JobConfig) -> None:
-    """Share the cores between the processes on this machine instead of oversubscribing them."""
+def tune_process(cfg: JobConfig) -> None:
+    """Share the cores between the processes on this machine instead of oversubscribing them, and stop
+    the C allocator from handing each step's memory back to the OS (train.keep_freed_memory)."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = cfg.train.threads or max((os.cpu_count() or 1) // local_world, 1)
     torch.set_num_threads(threads)
+    if cfg.train.keep_freed_memory:
+        keep_freed_memory()
 
 
 def _infer_classes(*datasets: Dataset | None) -> int:
@@ -103,7 +107,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     """
     cfg = as_config(config, overrides)
     env = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
-    set_threads(cfg)
+    tune_process(cfg)
     check_batching(cfg, len(train_set), env.world_size)
     classes = num_classes or _infer_classes(train_set, eval_set)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

@@ -79,6 +79,8 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of every epoch)")
     log_every: int = Field(10, ge=1, description="write a training record every N steps")
     threads: int = Field(0, ge=0, description="torch threads per process (0 = cores / processes)")
+    keep_freed_memory: bool = Field(
+        True, description="Linux/glibc: keep freed memory in the heap between steps instead of page-faulting it back each step")
     on_nonfinite: Literal["fail", "skip", "rollback"] = Field(
         "fail", description="a NaN/inf gradient: fail naming the step, skip that step, or roll back to the newest checkpoint")
     max_nonfinite: int = Field(3, ge=1, description="skip/rollback: stop after this many non-finite steps")

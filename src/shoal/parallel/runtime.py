@@ -8,6 +8,7 @@ the loss: every rank under DDP, each tensor-parallel peer once, only the last pi
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -79,7 +80,11 @@ class Replicated(Layout):
         return loss.item() / self.env.world_size
 
     def clip_grad_norm_(self, max_norm: float) -> float:
-        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)  # DDP averaged the gradients: every rank holds the whole, same norm
+        if math.isfinite(max_norm):
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), max_norm, norm)
+        return float(norm)
 
     def full_state_dict(self) -> dict | None:
         return {k: v.detach().cpu() for k, v in self.unwrap().state_dict().items()} if self.env.is_main else None
