@@ -10,8 +10,12 @@ from shoal.config import CommConfig
 from shoal.dist import DistEnv
 
 
-def apply(model: nn.Module, env: DistEnv, comm: CommConfig) -> DistributedDataParallel:
+def apply(model: nn.Module, env: DistEnv, comm: CommConfig) -> nn.Module:
+    """DDP around `model`; in a world of one with no hook, the model itself: there is nothing to all-reduce,
+    and DDP's bucket copies there cost ~10% of a step of the MNIST CNN (the update is the same)."""
     model = model.to(env.device)
+    if env.world_size == 1 and comm.hook == "none":
+        return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=device_ids)
     register_hook(ddp, comm)

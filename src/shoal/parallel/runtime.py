@@ -74,7 +74,7 @@ class Replicated(Layout):
     """DDP: every rank a whole replica (the path data parallel always took, numerics unchanged)."""
 
     def forward_backward(self, x, y, loss_fn, scale, sync):
-        with contextlib.nullcontext() if sync else self.model.no_sync():
+        with self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else contextlib.nullcontext():
             loss = loss_fn(self.model(x), y, reduction="sum") * scale
             loss.backward()
         return loss.item() / self.env.world_size
