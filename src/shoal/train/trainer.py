@@ -52,6 +52,28 @@ class FitResult:
     run_dir: str | None = None
 
 
+class Window:
+    """The steps since the last training record: their loss shares, samples, data waits and training time."""
+
+    def __init__(self):
+        self.loss = self.samples = self.wait = 0.0
+        self.steps = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Count time from now: what came before (evaluation, a checkpoint) was not training."""
+        self.start = time.perf_counter()
+
+    def add(self, loss_share: float, samples: int, wait: float) -> None:
+        self.loss += loss_share
+        self.samples += samples
+        self.wait += wait
+        self.steps += 1
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
     d = cfg.data
     return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
@@ -156,6 +178,23 @@ class Trainer:
         self.resume_from = latest
         return self.resume()
 
+    def log_window(self, window: Window, step: int, epoch: int, start: float) -> float:
+        """One training record for the steps since the previous one; returns their global mean loss."""
+        loss_sum, = global_mean([window.loss], self.env)
+        loss, rate = loss_sum / window.steps, window.samples / window.elapsed()
+        self._log({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                   "samples_per_s": rate, "data_wait_s": window.wait / window.steps, "time_s": time.perf_counter() - start,
+                   **memory_record(self.state_mb, self.env.world_size)})
+        self.progress.update(step, f"loss {loss:.4f}  {rate:,.0f} samples/s")
+        return loss
+
+    def evaluate_and_log(self, step: int, epoch: int) -> dict[str, float]:
+        result = self.evaluate()
+        if result:
+            self._log({"kind": "eval", "step": step, "epoch": epoch, **result})
+            self.progress.note(f"eval @ step {step}: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}")
+        return result
+
     def fit(self) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
         first = self.resume() if self.resume_from is not None else 0
@@ -163,8 +202,8 @@ class Trainer:
         self.layout.train()
         if self.dims.model_parallel:
             self._log({"kind": "layout", **self.layout.info})
-        start = window_start = time.perf_counter()
-        window_loss = window_samples = window_steps = window_wait = 0.0
+        start = time.perf_counter()
+        window = Window()
         seen, last_loss, last_eval = 0, float("nan"), {}
         step, self.nonfinite = first, 0
         while step < self.steps:
@@ -174,34 +213,19 @@ class Trainer:
             if outcome is None:
                 step = self.after_nonfinite(step + 1)
                 continue
-            loss_share, samples, wait = outcome
-            window_loss += loss_share
-            window_samples += samples
-            window_steps += 1
-            window_wait += wait
-            seen += samples
+            window.add(*outcome)
+            seen += outcome[1]
             done = step + 1
             if done % cfg.log_every == 0 or done == self.steps:
-                loss_sum, = global_mean([window_loss], self.env)
-                elapsed = time.perf_counter() - window_start
-                last_loss = loss_sum / window_steps
-                rate = window_samples / elapsed
-                self._log({"kind": "train", "step": done, "epoch": epoch, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
-                           "samples_per_s": rate, "data_wait_s": window_wait / window_steps, "time_s": time.perf_counter() - start,
-                           **memory_record(self.state_mb, self.env.world_size)})
-                self.progress.update(done, f"loss {last_loss:.4f}  {rate:,.0f} samples/s")
-                window_start, window_loss, window_samples, window_steps, window_wait = time.perf_counter(), 0.0, 0.0, 0, 0.0
-            end_of_epoch = done % spe == 0
-            if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or done == self.steps:
-                last_eval = self.evaluate()
-                if last_eval:
-                    self._log({"kind": "eval", "step": done, "epoch": epoch, **last_eval})
-                    self.progress.note(f"eval @ step {done}: loss {last_eval['loss']:.4f}  accuracy {last_eval['accuracy']:.4f}")
-                window_start = time.perf_counter()  # throughput counts training, not evaluation
+                last_loss = self.log_window(window, done, epoch, start)
+                window = Window()
+            if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and done % spe == 0) or done == self.steps:
+                last_eval = self.evaluate_and_log(done, epoch)
+                window.restart()  # throughput counts training, not evaluation
             fault_point("step", self.env.rank, done)
             if every and done % every == 0 and done < self.steps:
                 self.save_checkpoint(done)
-                window_start = time.perf_counter()
+                window.restart()
             step = done
         if self.checkpoints is not None:
             if self.cfg.checkpoint.at_end and first < self.steps:
