@@ -23,6 +23,7 @@ from shoal.data import load as load_data
 from shoal.dist import DistEnv, init_distributed
 from shoal.errors import ShoalError
 from shoal.dist.mesh import check_layout
+from shoal.launch.nodes import node_counts
 from shoal.models import build_model
 from shoal.models.gpt import lm_loss
 from shoal.checkpoint import Checkpointer, latest_checkpoint
@@ -58,6 +59,12 @@ def check_batching(cfg: JobConfig, n_train: int, world: int) -> None:
             f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
         )
 
+
+
+def check_node_counts(cfg: JobConfig, n_train: int, nproc_per_node: int, min_nodes: int = 1, max_nodes: int = 1) -> None:
+    """check_batching for every world size the job may run at: an elastic job can shrink or grow to any count."""
+    for nodes in node_counts(min_nodes, max_nodes):
+        check_batching(cfg, n_train, nproc_per_node * nodes)
 
 def check_pipeline_batches(cfg: JobConfig, n_train: int, dims) -> None:
     """A pipeline schedule fixes its micro-batch shapes at the first step: every step must split evenly."""

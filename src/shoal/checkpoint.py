@@ -10,14 +10,16 @@ layout (DDP, FSDP, TP, another world size) loads under another.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -92,7 +94,7 @@ class Checkpointer:
                  async_save: bool = False):
         self.root, self.rank, self.world, self.keep, self.group = root, rank, world, keep, group
         self.async_save = async_save
-        self.pending: tuple | None = None
+        self.pending: tuple[Future, Callable[[], None]] | None = None  # an async save and its commit
 
     def _barrier(self) -> None:
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -110,21 +112,20 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
         state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
                  f"rng_rank{self.rank}": rng_state()}
-        job = (step, tmp, final, meta, started, fault)
+        commit = functools.partial(self._commit, step, tmp, final, meta, started, fault)
         if self.async_save:
-            self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), *job)
+            self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), commit)
         else:
             dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
-            self._commit(*job)
+            commit()
         return final
 
     def wait(self) -> None:
         """Commit the asynchronous save in flight, if any (collective)."""
         if self.pending is not None:
-            future, *job = self.pending
-            self.pending = None
+            (future, commit), self.pending = self.pending, None
             future.result()
-            self._commit(*job)
+            commit()
 
     def _commit(self, step: int, tmp: Path, final: Path, meta: dict, started: float, fault) -> None:
         if fault is not None:

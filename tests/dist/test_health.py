@@ -1,5 +1,5 @@
 """A rank that stops answering is named (rank, host, pid, last step) within dist.timeout_s; a slowed
-rank is named a straggler. Both use test-only hooks of shoal.dist.health (SHOAL_TEST_HANG,
+rank is named a straggler. Both use test-only hooks of shoal.dist.faults (SHOAL_TEST_HANG,
 SHOAL_TEST_SLOW_RANK)."""
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from job_files import digits_mlp
+
 pytestmark = pytest.mark.dist
 
-JOB = """
-name = "health-test"
-[model]
-name = "mlp"
-hidden = [16]
-[data]
-name = "digits"
-limit_train = 300
+JOB = digits_mlp("health-test", """\
 [train]
 global_batch_size = 20
 steps = {steps}
@@ -33,7 +28,7 @@ timeout_s = {timeout}
 [health]
 heartbeat_s = 0.2
 straggler_windows = 2
-"""
+""")
 
 
 def train(tmp_path: Path, env: dict[str, str], steps: int, timeout: float) -> tuple[subprocess.CompletedProcess, float]:

@@ -14,18 +14,11 @@ import torch
 from shoal.config import load_job
 from shoal.models import build_model
 
+from job_files import digits_mlp
+
 pytestmark = pytest.mark.dist
 
-JOB = """
-name = "launch-test"
-seed = 1
-[model]
-name = "mlp"
-hidden = [16]
-[data]
-name = "digits"
-limit_train = 300
-partition = "round_robin"
+JOB = digits_mlp("launch-test", seed=1, data='partition = "round_robin"\n', rest="""\
 [train]
 global_batch_size = 40
 steps = 6
@@ -35,7 +28,7 @@ clip_grad_norm = 1.0
 [optimizer]
 name = "adamw"
 lr = 0.01
-"""
+""")
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from shoal.config import JobConfig
 from shoal.dist.env import DistEnv
+from shoal.dist.faults import hang, slow_down
 
 
 class CollectiveTimeout(RuntimeError):
@@ -100,11 +101,11 @@ class Health:
         busy0 = time.process_time()
         try:
             yield
-            _test_slowdown(self.env.rank)
+            slow_down(self.env.rank)
             self.window_busy += time.process_time() - busy0
             self.window_steps += 1
             self.last_step = number
-            _test_hang(self.env.rank, number)
+            hang(self.env.rank, number)
             if number % self.log_every == 0 and self.active:
                 self._compare_busy(number)
         except RuntimeError as err:
@@ -164,21 +165,3 @@ def _is_communication_error(err: RuntimeError) -> bool:
     text = str(err).lower()
     return isinstance(err, getattr(dist, "DistError", ())) or any(
         sign in text for sign in ("gloo", "timed out", "connection closed", "connection reset", "broken pipe", "nccl"))
-
-
-def _test_slowdown(rank: int) -> None:
-    """Test-only: SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default
-    0.05) CPU seconds per step in those ranks, like a slower core."""
-    slow = os.environ.get("SHOAL_TEST_SLOW_RANK")
-    if slow and (slow == "*" or str(rank) in slow.split(",")):
-        until = time.process_time() + float(os.environ.get("SHOAL_TEST_SLOW_S", "0.05"))
-        while time.process_time() < until:
-            pass
-
-
-def _test_hang(rank: int, step: int) -> None:
-    """Test-only: SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP (first attempt only)."""
-    hang = os.environ.get("SHOAL_TEST_HANG")
-    if hang and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and hang == f"{rank}:{step}":
-        while True:
-            time.sleep(3600)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ import yaml
 
 from shoal.config import JobConfig
 from shoal.errors import ShoalError
-from shoal.launch.nodes import node_counts, parse_nnodes
+from shoal.launch.nodes import parse_nnodes
+from shoal.run_dir import atomic_write_bytes
 
 JOB_MOUNT = "/etc/shoal"
 RUNS_MOUNT = "/runs"
@@ -63,12 +63,10 @@ def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | Non
 
 def check_world_sizes(d: Deployment) -> None:
     """The batch must split over every world size the job may run at, before a cluster is asked for nodes."""
-    from shoal.api import check_batching
+    from shoal.api import check_node_counts
     from shoal.data import describe
 
-    n_train = describe(d.cfg.data, d.cfg.seed).n_train
-    for nodes in node_counts(d.min_nodes, d.max_nodes):
-        check_batching(d.cfg, n_train, nodes * d.nproc_per_node)
+    check_node_counts(d.cfg, describe(d.cfg.data, d.cfg.seed).n_train, d.nproc_per_node, d.min_nodes, d.max_nodes)
 
 
 def _train_args(job_file: str, out: str) -> list[str]:
@@ -140,15 +138,6 @@ def slurm_script(d: Deployment) -> str:
     ])
 
 
-def write_atomically(path: Path, text: str) -> Path:
-    """Write to a temporary name beside the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 RENDERERS = {"k8s": (kubernetes_manifest, ".yaml"), "slurm": (slurm_script, ".sbatch")}
 
 
@@ -160,4 +149,7 @@ def deploy(target: str, job: Path, cfg: JobConfig, nnodes: str = "2", nproc_per_
     render, suffix = RENDERERS[target]
     d = deployment(job, cfg, nnodes, nproc_per_node, image, max_restarts)
     check_world_sizes(d)
-    return write_atomically(out or Path(f"{d.name}{suffix}"), render(d))
+    target = out or Path(f"{d.name}{suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, render(d).encode())
+    return target

@@ -29,12 +29,12 @@ def _copies(grad: torch.Tensor, dims: ParallelDims) -> int:
 
 
 def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        if p.grad is None:
-            continue
-        local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-        total += local.detach().double().pow(2).sum().cpu() / _copies(p.grad, dims)
+    grads = [p.grad for p in params if p.grad is not None]
+    # summed where the gradients live: one device-to-host copy per step (in the caller's float()), not one per tensor
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
+    for grad in grads:
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        total += local.detach().double().pow(2).sum() / _copies(grad, dims)
     if dist.is_initialized() and dims.world > 1:
         dist.all_reduce(total)
     return total.sqrt()
@@ -44,9 +44,9 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -
 def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, dims: ParallelDims) -> float:
     """Same rule as torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6))."""
     params = [p for p in params if p.grad is not None]
-    norm = global_grad_norm(params, dims)
-    coef = min(1.0, max_norm / (float(norm) + 1e-6))
+    norm = float(global_grad_norm(params, dims))
+    coef = min(1.0, max_norm / (norm + 1e-6))
     if coef < 1.0:
         for p in params:
             p.grad.mul_(coef)
-    return float(norm)
+    return norm

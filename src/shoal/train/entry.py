@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from shoal.api import check_batching, run_job, worker_main
+from shoal.api import check_node_counts, run_job, worker_main
 from shoal.config import load_job
 from shoal.data import describe
 from shoal.dist.env import launched_by_elastic
 from shoal.errors import ShoalError
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
-from shoal.launch.nodes import NodeSpec, node_counts
+from shoal.launch.nodes import NodeSpec
 from shoal.models import build_model
 from shoal.run_dir import check_writable, default_run_dir
 
@@ -23,8 +23,7 @@ def preflight(cfg, out: Path, overwrite: bool, nodes: NodeSpec | None = None) ->
     spec = describe(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # a model too big for memory stays shapes only
         build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
-    for node_count in node_counts(nodes.min_nodes, nodes.max_nodes) if nodes else (1,):  # an elastic job may run at any size
-        check_batching(cfg, spec.n_train, cfg.nproc * node_count)
+    check_node_counts(cfg, spec.n_train, cfg.nproc, *((nodes.min_nodes, nodes.max_nodes) if nodes else (1, 1)))
     if nodes is None or nodes.is_host:  # the other nodes start while the host may already be writing
         check_writable(out, overwrite)
 

@@ -8,16 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-JOB = """
-name = "multinode-test"
-seed = 1
-[model]
-name = "mlp"
-hidden = [16]
-[data]
-name = "digits"
-limit_train = 300
-partition = "round_robin"
+from job_files import digits_mlp
+
+JOB = digits_mlp("multinode-test", seed=1, data='partition = "round_robin"\n', rest="""\
 [train]
 global_batch_size = 60
 steps = 6
@@ -25,7 +18,7 @@ log_every = 2
 [optimizer]
 name = "adamw"
 lr = 0.01
-"""
+""")
 
 RDZV_PORT = random.randint(20000, 29000)  # inside the test's own namespaces; never 29500
 
