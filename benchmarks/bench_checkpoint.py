@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from shoal.dist import init_distributed
+from shoal.distributed import init_distributed
 
 ROOT = Path(__file__).parents[1]
 

@@ -173,7 +173,7 @@ def _bubble_worker(repeats: int) -> list[dict] | None:
     import torch.distributed as dist
 
     from shoal import parallel
-    from shoal.dist import init_distributed
+    from shoal.distributed import init_distributed
     from shoal.models import build_model
     from shoal.models.gpt import lm_loss
 

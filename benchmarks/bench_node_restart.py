@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEST = Path(__file__).parents[1] / "tests" / "dist" / "multinode" / "test_node_faults.py"
+TEST = Path(__file__).parents[1] / "tests" / "distributed" / "multinode" / "test_node_faults.py"
 
 
 def one_run() -> float:

@@ -1,7 +1,10 @@
 """Sharded, atomic, resharding checkpoints on torch.distributed.checkpoint (DCP).
 
 A checkpoint is a directory `checkpoints/step-00000123/`: DCP's shard files and `.metadata`,
-plus `shoal.json` (step, world, layout) and `config.toml`. Every rank writes its shards into
+plus `shoal.json` (step, world, layout). Besides model, optimizer, schedule, step and RNG it
+holds any number of named stateful parts (a compressor's error feedback, a sync strategy's
+clocks, an outer optimizer): each rank's `state_dict()` of each part, restored on the same
+world size. Every rank writes its shards into
 `.tmp-step-00000123/`; only after all ranks finished does rank 0 rename it into place, so a
 crash mid-write never leaves a directory that looks complete. Model and optimizer go through
 DCP's state-dict API, keyed by the unwrapped model's names, so a checkpoint written under one
@@ -11,15 +14,16 @@ layout (DDP, FSDP, TP, another world size) loads under another.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
 import shutil
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -78,11 +82,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def _part_key(name: str, rank: int) -> str:
+    return f"part_{name}_rank{rank}"
+
+
+def _pack(part: Stateful) -> io.BytesIO:
+    """A part's state as one blob: DCP stores bytes as they are, whatever nesting or keys the state has."""
+    buffer = io.BytesIO()
+    torch.save(part.state_dict(), buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _unpack(part: Stateful, buffer: io.BytesIO) -> None:
+    buffer.seek(0)
+    part.load_state_dict(torch.load(buffer, weights_only=False))  # written by this rank of this run (numpy RNG inside)
+
+
+def saved_keys(path: Path) -> set[str]:
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
 @dataclass
 class TrainState:
     """What besides weights a run needs to continue exactly: the step (which fixes the data position)."""
 
     step: int = 0
+    parts: list[str] = field(default_factory=list)  # named parts restored (none on another world size)
 
 
 class Checkpointer:
@@ -100,7 +132,8 @@ class Checkpointer:
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier(group=self.group)
 
-    def save(self, step: int, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler, meta: dict, fault=None) -> Path:
+    def save(self, step: int, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler, meta: dict, fault=None,
+             parts: dict[str, Stateful] | None = None) -> Path:
         """Collective: every rank writes its shards, then rank 0 commits the directory and prunes old ones."""
         self.wait()
         started = time.perf_counter()
@@ -112,6 +145,7 @@ class Checkpointer:
         model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
         state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
                  f"rng_rank{self.rank}": rng_state()}
+        state.update({_part_key(name, self.rank): _pack(part) for name, part in (parts or {}).items()})
         commit = functools.partial(self._commit, step, tmp, final, meta, started, fault)
         if self.async_save:
             self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), commit)
@@ -141,22 +175,30 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
 
-    def load(self, path: Path, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler) -> TrainState:
-        """Collective: reshards onto the current layout; RNG state comes back only on the same world size."""
+    def load(self, path: Path, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler,
+             parts: dict[str, Stateful] | None = None) -> TrainState:
+        """Collective: reshards onto the current layout; RNG state and the named parts (per-rank state) come back
+        only on the same world size."""
         self.wait()
         info = read_marker(path)
         module = _single_module(modules)
         model_sd, optim_sd = get_state_dict(module, optimizer)
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": 0}}
         same_world = info.get("world_size") == self.world
+        restored: dict[str, io.BytesIO] = {}
         if same_world:
             state[f"rng_rank{self.rank}"] = rng_state()
+            present = saved_keys(path)
+            restored = {name: io.BytesIO() for name in (parts or {}) if _part_key(name, self.rank) in present}
+            state.update({_part_key(name, self.rank): buffer for name, buffer in restored.items()})
         dcp.load(state, checkpoint_id=str(path), process_group=self.group)
         set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         scheduler.load_state_dict(state["scheduler"])
         if same_world:
             set_rng_state(state[f"rng_rank{self.rank}"])
-        return TrainState(step=int(state["train"]["step"]))
+        for name, buffer in restored.items():
+            _unpack(parts[name], state[_part_key(name, self.rank)])
+        return TrainState(step=int(state["train"]["step"]), parts=sorted(restored))
 
 
 def load_model_weights(path: Path, model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ def train(
 ) -> None:
     """Train a job: spawns the workers here (one machine or one node of many), or runs as one worker under torchrun."""
     from shoal.launch.nodes import node_spec
-    from shoal.train.entry import train_command
+    from shoal.job.command import train_command
 
     train_command(job, nproc, out, list(set_), overwrite, node_spec(nnodes, node_rank, rdzv), max_restarts, resume)
 
@@ -78,7 +78,7 @@ def deploy(
 ) -> None:
     """Write the files that run a job on a cluster under torchrun: Kubernetes (Kubeflow) or SLURM."""
     from shoal.config import load_job
-    from shoal.launch.manifests import deploy as render
+    from shoal.job.deploy import deploy as render
 
     typer.echo(f"wrote {render(target, job, load_job(job), nnodes, nproc_per_node, image, max_restarts, out)}")
 

@@ -108,11 +108,17 @@ class CheckpointConfig(Section):
 
 
 class HealthConfig(Section):
-    """Heartbeats, straggler reports and named hangs (see src/shoal/dist/health.py)."""
+    """Heartbeats, straggler reports and named hangs (see src/shoal/distributed/health.py)."""
 
     heartbeat_s: float = Field(1.0, ge=0.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
     straggler_threshold: float = Field(1.5, gt=1.0, description="a rank busy longer than this x the other ranks' median per step is slow")
     straggler_windows: int = Field(3, ge=1, description="log windows in a row a rank must be slow before it is named a straggler")
+
+
+class LogConfig(Section):
+    """What every training record carries besides loss and throughput."""
+
+    monitors: list[str] = Field(["memory"], description="signals added to each training record (memory: parameter/optimizer state and peak RSS per rank)")
 
 
 class ParallelConfig(Section):
@@ -142,6 +148,8 @@ class JobConfig(Section):
     name: str = Field("job", description="a label for the run")
     seed: int = Field(0, description="seeds model init, data order and partitioning")
     nproc: int = Field(1, ge=1, description="worker processes on this machine")
+    sync: str = Field("allreduce", description="how replicas agree on an update: allreduce (DDP, FSDP, TP, PP), or one a plugin registers")
+    plugins: list[str] = Field([], description="modules imported in every process first: your sync strategies, compressors, monitors register there")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -152,6 +160,7 @@ class JobConfig(Section):
     health: HealthConfig = HealthConfig()
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _data_source_has_path(self) -> "JobConfig":

@@ -9,7 +9,7 @@ import torch
 
 from shoal.checkpoint import Checkpointer, complete_checkpoints, latest_checkpoint, load_model_weights
 from shoal.config import ScheduleConfig
-from shoal.dist import init_distributed
+from shoal.distributed import init_distributed
 from shoal.train.optim import build_scheduler
 
 

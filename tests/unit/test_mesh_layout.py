@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from shoal.api import check_batching
+from shoal.job.checks import check_batching
 from shoal.config import JobConfig, ParallelConfig, validate
-from shoal.dist.mesh import ParallelDims, check_layout
+from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
 from shoal.models.gpt import build_gpt
 from shoal.parallel import pipeline, tensor

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch.utils.data import TensorDataset
 
 from shoal.cli import main
-from shoal.dist import init_distributed
+from shoal.distributed import init_distributed
 from shoal.train.metrics import evaluate
 
 

@@ -1,5 +1,7 @@
-"""Gradient compression applied on the data-parallel all-reduce."""
+"""Gradient compression on the data-parallel all-reduce: one Compressor per method, chosen by `comm.hook`."""
 
-from shoal.compress.hooks import register_hook
+from shoal.compress import cast, none, powersgd  # noqa: F401 - each registers its methods
+from shoal.compress.base import COMPRESSORS, Compressor
+from shoal.compress.ddp_hook import install
 
-__all__ = ["register_hook"]
+__all__ = ["COMPRESSORS", "Compressor", "install"]

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from shoal.errors import ShoalError
+
 
 @dataclass
 class MicroBatch:
@@ -18,6 +20,25 @@ class MicroBatch:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+def check_samples(dataset: Dataset, name: str) -> None:
+    """Shoal trains on (inputs, target) pairs; anything else is refused, never guessed (a Hugging Face
+    (input_ids, attention_mask, labels) triple would otherwise train on the mask as the target)."""
+    if isinstance(dataset, TensorDataset):
+        if len(dataset.tensors) != 2:
+            raise ShoalError(f"{name}: a TensorDataset of {len(dataset.tensors)} tensors; Shoal trains on (inputs, target) pairs: "
+                             f"pass TensorDataset(inputs, target)")
+        return
+    if len(dataset) == 0:
+        return
+    sample = dataset[0]
+    if isinstance(sample, dict):
+        raise ShoalError(f"{name}: samples are dicts (keys {sorted(sample)}); Shoal trains on (inputs, target) pairs: "
+                         f"return (inputs, target) from __getitem__")
+    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        what = f"a {type(sample).__name__} of {len(sample)}" if isinstance(sample, (tuple, list)) else f"a {type(sample).__name__}"
+        raise ShoalError(f"{name}: a sample is {what}; Shoal trains on (inputs, target) pairs: return (inputs, target) from __getitem__")
 
 
 def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shoal.data.partition import deal, rng_for
+
+if TYPE_CHECKING:
+    from shoal.config import JobConfig
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class BatchPlan:
                 shard = shard[_permutation(len(shard), self.seed, 3, epoch, rank)]
             out.append(shard[step * self.local_batch : (step + 1) * self.local_batch])
         return out
+
+
+def plan_for(cfg: "JobConfig", n_samples: int, world: int) -> BatchPlan:
+    """The job's batch plan over `world` data-parallel ranks (replicas x shards; tp and pp peers share one)."""
+    d = cfg.data
+    return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
+
+
+def total_steps(cfg: "JobConfig", plan: BatchPlan) -> int:
+    return cfg.train.steps or cfg.train.epochs * plan.steps_per_epoch()
 
 
 @lru_cache(maxsize=16)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from shoal.dist.env import free_port
+from shoal.distributed.env import free_port
 from shoal.launch.nodes import NodeSpec, interface_of, route_address
 
 

@@ -82,7 +82,7 @@ def node_spec(nnodes: str | None, node_rank: int | None, rdzv: str | None) -> No
 
 
 def _free_port() -> int:
-    from shoal.dist.env import free_port
+    from shoal.distributed.env import free_port
 
     return free_port()
 

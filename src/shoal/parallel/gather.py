@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from shoal.dist.mesh import ParallelDims
+from shoal.distributed.mesh import ParallelDims
 
 
 def full_state_dict(modules: list[nn.Module], dims: ParallelDims, rank: int, key_order: list[str]) -> dict | None:

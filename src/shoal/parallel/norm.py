@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from shoal.dist.mesh import ParallelDims
+from shoal.distributed.mesh import ParallelDims
 
 
 def _copies(grad: torch.Tensor, dims: ParallelDims) -> int:

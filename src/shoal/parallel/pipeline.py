@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from shoal.config import ParallelConfig
-from shoal.dist.mesh import ParallelDims
+from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
 from shoal.parallel import balance
 from shoal.parallel.layers import require_chain
@@ -48,10 +48,6 @@ class StageChain(nn.Module):
 
 def n_stages(dims: ParallelDims, cfg: ParallelConfig) -> int:
     return dims.pp * (cfg.stages_per_rank if cfg.pp_schedule == "interleaved" else 1)
-
-
-def microbatch_count(dims: ParallelDims, cfg: ParallelConfig) -> int:
-    return cfg.microbatches or 2 * dims.pp
 
 
 def _measured_speeds(dims: ParallelDims) -> list[float]:
@@ -154,7 +150,7 @@ def build_schedule(stages: dict[int, nn.Module], total: int, dims: ParallelDims,
     group = dims.submesh("pp").get_group()
     pipeline_stages = [PipelineStage(module, s, total, device, group=group) for s, module in sorted(stages.items())]
     schedule_cls = SCHEDULES[cfg.pp_schedule]
-    micro = microbatch_count(dims, cfg)
+    micro = dims.microbatches
     if cfg.pp_schedule == "interleaved":
         return schedule_cls(pipeline_stages, micro, loss_fn=loss_fn, scale_grads=False), pipeline_stages
     return schedule_cls(pipeline_stages[0], micro, loss_fn=loss_fn, scale_grads=False), pipeline_stages

@@ -1,6 +1,16 @@
-"""Model quality through torchmetrics, whose states are synchronised across ranks on compute()."""
+"""Model quality under any layout, through torchmetrics (states synchronised over the training group).
+
+Model-parallel peers must run the same forward passes together, so every replica runs the
+same number of batches (short shares are padded and the padding is not scored), and only one
+rank per replica scores: the holder of the output with tensor-parallel coordinate 0.
+Reports loss, accuracy, macro precision/recall/F1 (per token for sequences) and, for
+sequences, perplexity.
+"""
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import numpy as np
 import torch
@@ -8,53 +18,71 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shoal.data import deal, fetch
-from shoal.dist import DistEnv
+from shoal.distributed import DistEnv
+from shoal.distributed.collectives import TrainingGroup
+from shoal.distributed.mesh import ParallelDims
+from shoal.parallel.layout import Layout, Replicated
 
 
-def classification_metrics(num_classes: int, device: torch.device):
+def classification_metrics(num_classes: int, device: torch.device, group: TrainingGroup | None = None):
     # imported here: torchmetrics costs ~1 s of every worker's start-up, and only evaluation needs it
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
+    pg = {"process_group": group.group} if group is not None and group.group is not None else {}
     return MetricCollection(
         {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "precision": MulticlassPrecision(num_classes, average="macro"),
-            "recall": MulticlassRecall(num_classes, average="macro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "accuracy": MulticlassAccuracy(num_classes, average="micro", **pg),
+            "precision": MulticlassPrecision(num_classes, average="macro", **pg),
+            "recall": MulticlassRecall(num_classes, average="macro", **pg),
+            "f1": MulticlassF1Score(num_classes, average="macro", **pg),
         }
     ).to(device)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, env: DistEnv, num_classes: int, batch_size: int, loss_fn) -> dict[str, float]:
-    """Each rank scores its contiguous share of the evaluation set; the metrics combine all shares."""
-    from torchmetrics.aggregation import SumMetric
+def _padded(indices: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    valid = len(indices)
+    if valid == size:
+        return indices, valid
+    return np.concatenate([indices, np.zeros(size - valid, dtype=indices.dtype)]), valid
 
-    was_training = model.training
-    model.eval()
-    quality = classification_metrics(num_classes, env.device)
-    loss_sum, count = SumMetric().to(env.device), SumMetric().to(env.device)
-    mine = deal(len(dataset), env.world_size, "contiguous")[env.rank]
-    for start in range(0, len(mine), batch_size):
-        x, y = fetch(dataset, mine[start : start + batch_size])
-        x, y = x.to(env.device), y.to(env.device)
-        logits = model(x)
-        quality.update(logits, y)
-        loss_sum.update(loss_fn(logits, y, reduction="sum"))
-        count.update(torch.tensor(float(len(y)), device=env.device))
-    if len(mine) == 0:  # keep every rank's states present for the all-gather
-        loss_sum.update(torch.tensor(0.0, device=env.device))
-        count.update(torch.tensor(0.0, device=env.device))
-    result = {k: float(v) for k, v in quality.compute().items()}
-    result["loss"] = float(loss_sum.compute() / count.compute())
-    model.train(was_training)
+
+@torch.no_grad()
+def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, num_classes: int,
+                    group: TrainingGroup) -> dict[str, float]:
+    """Every batch has exactly `batch_size` samples: pipeline schedules need fixed shapes, and no rank runs an empty one."""
+    dims, env = layout.dims, layout.env
+    was_training = layout.model.training
+    layout.train(False)
+    shares = deal(len(dataset), dims.dp_size, "contiguous")
+    mine = shares[layout.dp_rank]
+    n_batches = math.ceil(max(len(s) for s in shares) / batch_size)
+    quality = classification_metrics(num_classes, env.device, group)
+    loss_sum, samples, sequences = 0.0, 0, False
+    for b in range(n_batches):
+        idx, valid = _padded(mine[b * batch_size : (b + 1) * batch_size], batch_size)
+        x, y = fetch(dataset, idx)
+        out = layout.predict(x.to(env.device), y.to(env.device))
+        if out is None or not layout.scores_output or valid == 0:
+            continue
+        out, y = out[:valid], y[:valid].to(out.device)
+        sequences = y.dim() > 1
+        loss_sum += float(loss_fn(out, y, reduction="sum"))
+        samples += valid
+        quality.update(out.flatten(0, -2), y.flatten())
+    loss_total, sample_total, seq_flag = group.sum([loss_sum, samples, float(sequences)])
+    with warnings.catch_warnings():  # ranks that score nothing (early pipeline stages) still join the state sync
+        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+        result = {k: float(v) for k, v in quality.compute().items()}
+    layout.train(was_training)
+    result["loss"] = float(loss_total / sample_total) if sample_total else float("nan")
+    if seq_flag > 0:
+        result["perplexity"] = math.exp(min(result["loss"], 50.0))
     return result
 
 
-def global_mean(values: list[float], env: DistEnv) -> np.ndarray:
-    """Sum small per-rank statistics over the world in one all-reduce."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if env.world_size > 1:
-        torch.distributed.all_reduce(t)
-    return t.numpy()
+def evaluate(model: nn.Module, dataset: Dataset, env: DistEnv, num_classes: int, batch_size: int, loss_fn) -> dict[str, float]:
+    """For a loop of your own: a replica of `model` on every rank, each scoring its contiguous share of `dataset`."""
+    dims = ParallelDims(env.world_size, 1, 1, 1, env.world_size)
+    layout = Replicated([model], dims, env, list(model.state_dict()))
+    return evaluate_layout(layout, dataset, batch_size, loss_fn, num_classes, TrainingGroup.world())

@@ -19,21 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from shoal.config import JobConfig
-from shoal.data import BatchPlan, microbatches
-from shoal.dist import DistEnv
-from shoal import parallel
-from shoal.data import fetch
-from shoal.dist.mesh import check_layout
-from shoal.parallel.runtime import Pipelined, Replicated
 from shoal.checkpoint import Checkpointer, latest_checkpoint
+from shoal.config import JobConfig
+from shoal.data import fetch, microbatches, plan_for, total_steps
+from shoal.distributed import DistEnv, fault_injection
+from shoal.distributed.collectives import TrainingGroup
+from shoal.distributed.health import Health
+from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
-from shoal.dist.faults import fault_point
-from shoal.dist.health import Health
+from shoal import parallel
+from shoal.monitor import MONITORS, MonitorContext
 from shoal.run_dir import RunDir
-from shoal.train.layout_eval import evaluate_layout
-from shoal.train.memory import memory_record, state_mb
-from shoal.train.metrics import evaluate, global_mean
+from shoal.sync import SyncStrategy
+from shoal.train.metrics import evaluate_layout
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
 
@@ -74,45 +72,50 @@ class Window:
         return time.perf_counter() - self.start
 
 
-def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
-    d = cfg.data
-    return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
-
-
-def total_steps(cfg: JobConfig, plan: BatchPlan) -> int:
-    return cfg.train.steps or cfg.train.epochs * plan.steps_per_epoch()
-
-
 class Trainer:
-    def __init__(self, cfg: JobConfig, env: DistEnv, model: nn.Module, train_set: Dataset, eval_set: Dataset | None,
-                 num_classes: int, run_dir: RunDir | None = None, loss_fn: LossFn = F.cross_entropy, show_progress: bool = True,
-                 checkpoints: Checkpointer | None = None, resume_from: Path | None = None):
-        self.cfg, self.env, self.run_dir, self.loss_fn = cfg, env, run_dir, loss_fn
+    """The loop. `dims` (the checked layout) and `sync` (how replicas agree) are made once per worker by the
+    caller; the trainer calls the strategy's hooks in order and never asks which strategy or layout it has."""
+
+    def __init__(self, cfg: JobConfig, env: DistEnv, dims: ParallelDims, sync: SyncStrategy, model: nn.Module,
+                 train_set: Dataset, eval_set: Dataset | None, num_classes: int, run_dir: RunDir | None = None,
+                 loss_fn: LossFn = F.cross_entropy, show_progress: bool = True, checkpoints: Checkpointer | None = None,
+                 resume_from: Path | None = None, group: TrainingGroup | None = None):
+        self.cfg, self.env, self.dims, self.sync, self.run_dir, self.loss_fn = cfg, env, dims, sync, run_dir, loss_fn
+        self.group = group or TrainingGroup.world()
         self.checkpoints, self.resume_from = checkpoints, resume_from
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
-        self.dims = check_layout(cfg.parallel, env.world_size)
-        self.plan = plan_for(cfg, len(train_set), self.dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
+        self.plan = plan_for(cfg, len(train_set), dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
         self.steps = total_steps(cfg, self.plan)
-        self.layout = parallel.build(model, env, cfg, self._sample_microbatch())
+        self.layout = parallel.build(model, env, cfg, dims, self._sample_microbatch(), sync.wrap)
         self.model = self.layout.model
         self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
-        self.state_mb: float | None = None
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
+        context = MonitorContext(self.layout, self.optimizer, self.group)
+        self.monitors = [MONITORS.get(name)(context) for name in cfg.log.monitors]
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
-        self.health = Health(cfg, env, self._log)  # heartbeats, stragglers, hangs named by rank
+        self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
+        self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
+
+    def _step_batch(self) -> int:
+        """Samples of one replica in one accumulation step."""
+        return self.plan.local_batch // self.cfg.train.grad_accum
 
     def _sample_microbatch(self) -> torch.Tensor:
         """Inputs of one pipeline micro-batch: what stage costs are measured on."""
-        size = max(self.plan.local_batch // self.cfg.train.grad_accum // (self.cfg.parallel.microbatches or 2 * self.dims.pp), 1)
+        size = max(self._step_batch() // self.dims.microbatches, 1)
         return fetch(self.train_set, np.arange(min(size, len(self.train_set))))[0].to(self.env.device)
+
+    def parts(self) -> dict:
+        """The named stateful parts checkpoints carry besides model, optimizer, schedule and RNG."""
+        return self.sync.parts()
 
     def _log(self, record: dict) -> None:
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.log(record)
 
-    def train_step(self, epoch: int, step_in_epoch: int) -> tuple[float, int, float] | None:
-        """One optimizer step; returns this rank's share of the global mean loss, global samples, and data wait,
-        or None when the gradient was not finite (then nothing was updated)."""
+    def train_step(self, step: int, epoch: int, step_in_epoch: int) -> tuple[float, int, float] | None:
+        """Optimizer step number `step`; returns this rank's share of the global mean loss, global samples, and data
+        wait, or None when the gradient was not finite (then nothing was updated)."""
         t0 = time.perf_counter()
         batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.layout.dp_rank,
                                     self.cfg.train.grad_accum, self.env.device))
@@ -121,13 +124,15 @@ class Trainer:
         loss_share = 0.0
         for i, mb in enumerate(batches):
             loss_share += self.layout.forward_backward(mb.inputs, mb.targets, self.loss_fn, scale, sync=i == len(batches) - 1)
-        norm = self.layout.clip_grad_norm_(self.cfg.train.clip_grad_norm or math.inf)  # inf: measure, scale by 1
-        if not math.isfinite(norm):  # a global norm: every rank sees the same value and takes this branch together
+        self.sync.after_backward(self.layout)
+        norm = self.sync.grad_norm(self.layout, self.cfg.train.clip_grad_norm or math.inf)  # inf: measure, scale by 1
+        if not math.isfinite(norm):  # the same value on every rank: all take this branch together
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        self.optimizer.step()
-        if self.state_mb is None:  # parameters, gradients and optimizer state all exist now
-            self.state_mb = state_mb(self.layout.parameters(), self.optimizer)
+        self.sync.step(self.optimizer)
+        self.sync.after_step(step, self.layout)
+        for monitor in self.monitors:
+            monitor.after_step(step)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_share, batches[0].global_count, data_wait
@@ -135,26 +140,24 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.eval_set is None:
             return {}
-        batch = max(self.cfg.train.global_batch_size // self.env.world_size, 256)
-        if isinstance(self.layout, Replicated) and fetch(self.eval_set, np.arange(1))[1].dim() == 1:
-            return evaluate(self.model, self.eval_set, self.env, self.num_classes, batch, self.loss_fn)
-        if isinstance(self.layout, Pipelined):  # the schedule's shapes are fixed by the training micro-batches
-            batch = self.plan.local_batch // self.cfg.train.grad_accum
-        return evaluate_layout(self.layout, self.eval_set, batch, self.loss_fn)
+        batch = self.layout.eval_batch(max(self.cfg.train.global_batch_size // self.group.size, 256), self._step_batch())
+        return evaluate_layout(self.layout, self.eval_set, batch, self.loss_fn, self.num_classes, self.group)
 
     def save_checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
         meta = {"layout": self.dims.describe(), "job": self.cfg.name}
         path = self.checkpoints.save(step, self.layout.modules, self.optimizer, self.scheduler, meta,
-                                     fault=lambda s: fault_point("save", self.env.rank, s))
+                                     fault=fault_injection.kill_before_commit(self.env.rank), parts=self.parts())
         self._log({"kind": "checkpoint", "step": step, "path": str(path), "save_s": time.perf_counter() - t0})
 
     def resume(self) -> int:
         """Load the checkpoint given at construction (resharding onto this layout); returns its step."""
-        step = self.checkpoints.load(self.resume_from, self.layout.modules, self.optimizer, self.scheduler).step
+        state = self.checkpoints.load(self.resume_from, self.layout.modules, self.optimizer, self.scheduler, self.parts())
+        step = state.step
         if self.run_dir is not None:
             self.run_dir.trim_after(step)
-        self._log({"kind": "resume", "step": step, "path": str(self.resume_from), "world_size": self.env.world_size})
+        self._log({"kind": "resume", "step": step, "path": str(self.resume_from), "world_size": self.env.world_size,
+                   "parts": state.parts})
         self.progress.note(f"resumed from {self.resume_from} at step {step}")
         return step
 
@@ -180,11 +183,12 @@ class Trainer:
 
     def log_window(self, window: Window, step: int, epoch: int, start: float) -> float:
         """One training record for the steps since the previous one; returns their global mean loss."""
-        loss_sum, = global_mean([window.loss], self.env)
+        loss_sum, = self.group.sum([window.loss])
         loss, rate = loss_sum / window.steps, window.samples / window.elapsed()
+        signals = {k: v for monitor in self.monitors for k, v in monitor.record().items()}  # collectives: every rank
         self._log({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                    "samples_per_s": rate, "data_wait_s": window.wait / window.steps, "time_s": time.perf_counter() - start,
-                   **memory_record(self.state_mb, self.env.world_size)})
+                   **self.sync.stats(), **signals})
         self.progress.update(step, f"loss {loss:.4f}  {rate:,.0f} samples/s")
         return loss
 
@@ -209,7 +213,7 @@ class Trainer:
         while step < self.steps:
             epoch, in_epoch = divmod(step, spe)
             with self.health.step(step + 1):
-                outcome = self.train_step(epoch, in_epoch)
+                outcome = self.train_step(step + 1, epoch, in_epoch)
             if outcome is None:
                 step = self.after_nonfinite(step + 1)
                 continue
@@ -222,7 +226,8 @@ class Trainer:
             if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and done % spe == 0) or done == self.steps:
                 last_eval = self.evaluate_and_log(done, epoch)
                 window.restart()  # throughput counts training, not evaluation
-            fault_point("step", self.env.rank, done)
+            if self.kill_test_hook is not None:
+                self.kill_test_hook(done)
             if every and done % every == 0 and done < self.steps:
                 self.save_checkpoint(done)
                 window.restart()

@@ -20,6 +20,11 @@ from shoal.errors import ShoalError
 DIM_NAMES = ("pp", "dp", "fsdp", "tp")
 
 
+def default_microbatches(pp: int) -> int:
+    """parallel.microbatches = 0: two per stage keeps the 1F1B bubble small without tiny micro-batches."""
+    return 2 * pp if pp > 1 else 1
+
+
 @dataclass(frozen=True)
 class ParallelDims:
     dp: int
@@ -27,6 +32,7 @@ class ParallelDims:
     tp: int
     pp: int
     world: int
+    microbatches: int = 1  # pipeline micro-batches per step and replica (1 without a pipeline)
 
     @classmethod
     def from_config(cls, cfg: ParallelConfig, world: int) -> "ParallelDims":
@@ -45,7 +51,7 @@ class ParallelDims:
                 f"parallel: dp x fsdp x tp x pp = {dp} x {fsdp} x {tp} x {pp} = {dp * model_par} but there are {world} processes; "
                 f"make the product equal --nproc"
             )
-        return cls(dp, fsdp, tp, pp, world)
+        return cls(dp, fsdp, tp, pp, world, cfg.microbatches or default_microbatches(pp))
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:
@@ -95,7 +101,7 @@ def check_layout(cfg: ParallelConfig, world: int) -> ParallelDims:
     """Every layout error a user can make, before any process starts."""
     dims = ParallelDims.from_config(cfg, world)
     if dims.pp > 1:
-        micro = cfg.microbatches or 2 * dims.pp
+        micro = dims.microbatches
         if cfg.pp_schedule != "gpipe" and micro < dims.pp:
             raise ShoalError(f"parallel.microbatches = {micro} must be at least parallel.pp = {dims.pp} for the {cfg.pp_schedule} schedule")
         if cfg.pp_schedule == "interleaved" and micro % dims.pp:

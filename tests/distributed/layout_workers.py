@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import shoal
-from shoal.api import run_job
+from shoal.job.worker import run_job
 from shoal.config import deep_merge as merged
 
 MODELS = {

@@ -1,9 +1,10 @@
 """Per-rank memory figures for metrics.jsonl.
 
 `state_mb`: bytes this rank holds for parameters + gradients + optimizer state (local shards
-only), the number FSDP divides by N. `peak_rss_mb`: the process's peak resident memory
-(getrusage maxrss), which also counts activations, buffers, and the Python/torch runtime.
-Train records carry the largest over ranks and every rank's value (`*_per_rank`).
+only), the number FSDP divides by N; measured once, after the first step (when gradients and
+optimizer state exist). `peak_rss_mb`: the process's peak resident memory (getrusage maxrss),
+which also counts activations, buffers, and the Python/torch runtime. Train records carry the
+largest over ranks and every rank's value (`*_per_rank`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Iterable
 
 import torch
 from torch.distributed.tensor import DTensor
+
+from shoal.monitor.base import MONITORS, Monitor
 
 
 def _local_bytes(t: torch.Tensor) -> int:
@@ -35,12 +38,15 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def memory_record(state: float | None, world: int) -> dict:
-    """Every rank's figures (a collective): the largest, and the per-rank lists, for metrics.jsonl."""
-    mine = torch.tensor([state or 0.0, peak_rss_mb()], dtype=torch.float64)
-    every = [mine]
-    if world > 1:
-        every = [torch.zeros_like(mine) for _ in range(world)]
-        torch.distributed.all_gather(every, mine)
-    states, peaks = [round(float(t[0]), 3) for t in every], [round(float(t[1]), 1) for t in every]
-    return {"state_mb": max(states), "peak_rss_mb": max(peaks), "state_mb_per_rank": states, "peak_rss_mb_per_rank": peaks}
+@MONITORS.register("memory")
+class Memory(Monitor):
+    state: float | None = None
+
+    def after_step(self, step: int) -> None:
+        if self.state is None:  # parameters, gradients and optimizer state all exist now
+            self.state = state_mb(self.ctx.layout.parameters(), self.ctx.optimizer)
+
+    def record(self) -> dict:
+        every = self.ctx.group.gather([self.state or 0.0, peak_rss_mb()])
+        states, peaks = [round(float(r[0]), 3) for r in every], [round(float(r[1]), 1) for r in every]
+        return {"state_mb": max(states), "peak_rss_mb": max(peaks), "state_mb_per_rank": states, "peak_rss_mb_per_rank": peaks}

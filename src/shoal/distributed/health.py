@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 
 from shoal.config import JobConfig
-from shoal.dist.env import DistEnv
-from shoal.dist.faults import hang, slow_down
+from shoal.distributed.env import DistEnv
+from shoal.distributed import fault_injection
+from shoal.distributed.collectives import TrainingGroup
 
 
 class CollectiveTimeout(RuntimeError):
@@ -56,19 +57,20 @@ def _health_store(timeout_s: float) -> dist.Store:
 class Health:
     """One per rank. `with health.step(n):` around every optimizer step; nothing else to call."""
 
-    def __init__(self, cfg: JobConfig, env: DistEnv, log: Callable[[dict], None]):
+    def __init__(self, cfg: JobConfig, env: DistEnv, log: Callable[[dict], None], group: TrainingGroup | None = None):
         self.cfg, self.env, self.log = cfg.health, env, log
+        self.group = group or TrainingGroup.world()  # the ranks that step together; indices below are within it
         self.timeout_s, self.log_every = cfg.dist.timeout_s, cfg.train.log_every
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.last_step, self.window_busy, self.window_steps = 0, 0.0, 0
-        self.slow_windows = np.zeros(env.world_size, dtype=int)
-        self.active = env.world_size > 1 and "MASTER_ADDR" in os.environ
-        self.hosts = [self.host] * env.world_size
+        self.slow_windows = np.zeros(self.group.size, dtype=int)
+        self.active = self.group.size > 1 and "MASTER_ADDR" in os.environ
+        self.hosts = [self.host] * self.group.size
+        self.slow_hook = fault_injection.slow_step(env.rank)  # None outside the fault tests
+        self.hang_hook = fault_injection.hang_after_step(env.rank)
         self.store = None
         if self.active:
-            gathered: list = [None] * env.world_size
-            dist.all_gather_object(gathered, self.host)
-            self.hosts = gathered
+            self.hosts = self.group.gather_object(self.host)
             self.store = _health_store(min(self.timeout_s, 30.0))
             if self.cfg.heartbeat_s > 0:
                 self._stop = threading.Event()
@@ -86,9 +88,9 @@ class Health:
                 self.beat()
 
     def beats(self) -> dict[int, dict]:
-        keys = [f"beat/{r}" for r in range(self.env.world_size)]
         found = {}
-        for rank, key in enumerate(keys):
+        for rank in self.group.ranks:
+            key = f"beat/{rank}"
             with contextlib.suppress(Exception):
                 if self.store.check([key]):
                     found[rank] = json.loads(self.store.get(key))
@@ -101,11 +103,13 @@ class Health:
         busy0 = time.process_time()
         try:
             yield
-            slow_down(self.env.rank)
+            if self.slow_hook is not None:
+                self.slow_hook(number)
             self.window_busy += time.process_time() - busy0
             self.window_steps += 1
             self.last_step = number
-            hang(self.env.rank, number)
+            if self.hang_hook is not None:
+                self.hang_hook(number)
             if number % self.log_every == 0 and self.active:
                 self._compare_busy(number)
         except RuntimeError as err:
@@ -115,24 +119,22 @@ class Health:
 
     # stragglers
     def _compare_busy(self, step: int) -> None:
-        mine = torch.tensor([self.window_busy / max(self.window_steps, 1)], dtype=torch.float64)
-        everyone = [torch.zeros_like(mine) for _ in range(self.env.world_size)]
-        dist.all_gather(everyone, mine)
-        busy = torch.cat(everyone).numpy()
+        busy = self.group.gather([self.window_busy / max(self.window_steps, 1)])[:, 0]
         self.window_busy, self.window_steps = 0.0, 0
-        for rank, step_s in enumerate(busy):
-            others = np.median(np.delete(busy, rank))
+        for i, step_s in enumerate(busy):
+            others = np.median(np.delete(busy, i))
             slow = step_s > self.cfg.straggler_threshold * others
-            self.slow_windows[rank] = self.slow_windows[rank] + 1 if slow else 0
-            if slow and self.slow_windows[rank] % self.cfg.straggler_windows == 0:
-                self._report_straggler(step, rank, float(step_s), float(others))
+            self.slow_windows[i] = self.slow_windows[i] + 1 if slow else 0
+            if slow and self.slow_windows[i] % self.cfg.straggler_windows == 0:
+                self._report_straggler(step, i, float(step_s), float(others))
 
-    def _report_straggler(self, step: int, rank: int, step_s: float, median_s: float) -> None:
-        record = {"kind": "straggler", "step": step, "rank": rank, "host": self.hosts[rank], "step_s": step_s, "median_s": median_s}
+    def _report_straggler(self, step: int, i: int, step_s: float, median_s: float) -> None:
+        rank = self.group.ranks[i]
+        record = {"kind": "straggler", "step": step, "rank": rank, "host": self.hosts[i], "step_s": step_s, "median_s": median_s}
         self.log(record)
         if self.env.is_main:
-            print(f"straggler: rank {rank} on {self.hosts[rank]} is busy {step_s * 1e3:.1f} ms per step, the others "
-                  f"{median_s * 1e3:.1f} ms (median) over the last {self.slow_windows[rank]} log windows", file=sys.stderr, flush=True)
+            print(f"straggler: rank {rank} on {self.hosts[i]} is busy {step_s * 1e3:.1f} ms per step, the others "
+                  f"{median_s * 1e3:.1f} ms (median) over the last {self.slow_windows[i]} log windows", file=sys.stderr, flush=True)
 
     # hangs
     def explain(self, step: int, err: BaseException) -> str:
@@ -140,12 +142,12 @@ class Health:
         beats, now, mine = self.beats(), time.time(), _sequence_number()
         stale_after = max(3 * self.cfg.heartbeat_s, 2.0)
         absent = []
-        for rank in range(self.env.world_size):
+        for i, rank in enumerate(self.group.ranks):
             if rank == self.env.rank:
                 continue
             beat = beats.get(rank)
             if beat is None:
-                absent.append(f"rank {rank} (host {self.hosts[rank]}, no heartbeat)")
+                absent.append(f"rank {rank} (host {self.hosts[i]}, no heartbeat)")
             elif beat["seq"] < mine or now - beat["time"] > stale_after:
                 silent = f", silent for {now - beat['time']:.0f} s" if now - beat["time"] > stale_after else ""
                 absent.append(f"rank {rank} (host {beat['host']}, pid {beat['pid']}, last step {beat['step']}{silent})")

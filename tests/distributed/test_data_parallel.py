@@ -12,7 +12,7 @@ from shoal.data import load
 from shoal.launch.local import launch_local
 from shoal.models import build_model
 from shoal.train.optim import build_optimizer, build_scheduler
-from shoal.train.trainer import plan_for, total_steps
+from shoal.data import plan_for, total_steps
 
 pytestmark = pytest.mark.dist
 EXACT = 1e-5

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import layout_workers as lw
-from shoal.dist import shutdown
+from shoal.distributed import shutdown
 from shoal.launch.local import launch_local
 
 pytestmark = pytest.mark.dist

@@ -7,19 +7,25 @@ from pathlib import Path
 
 import torch
 
-from shoal.api import check_node_counts, run_job, worker_main
 from shoal.config import load_job
 from shoal.data import describe
-from shoal.dist.env import launched_by_elastic
+from shoal.distributed.env import launched_by_elastic
 from shoal.errors import ShoalError
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
 from shoal.launch.nodes import NodeSpec
+from shoal.job.checks import check_node_counts
+from shoal.job.worker import run_job, worker_main
+from shoal.plugins import import_plugins
 from shoal.models import build_model
 from shoal.run_dir import check_writable, default_run_dir
 
 
 def preflight(cfg, out: Path, overwrite: bool, nodes: NodeSpec | None = None) -> None:
     """Fail before any process starts, with the field to fix."""
+    import_plugins(cfg.plugins)
+    from shoal.sync import SYNC
+
+    SYNC.get(cfg.sync)  # an unknown strategy names the choices before any worker starts
     spec = describe(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # a model too big for memory stays shapes only
         build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)

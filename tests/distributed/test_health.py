@@ -1,5 +1,5 @@
 """A rank that stops answering is named (rank, host, pid, last step) within dist.timeout_s; a slowed
-rank is named a straggler. Both use test-only hooks of shoal.dist.faults (SHOAL_TEST_HANG,
+rank is named a straggler. Both use test-only hooks of shoal.distributed.fault_injection (SHOAL_TEST_HANG,
 SHOAL_TEST_SLOW_RANK)."""
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from shoal.dist import DistEnv
-from shoal.dist.mesh import ParallelDims
+from shoal.distributed import DistEnv
+from shoal.distributed.mesh import ParallelDims
 from shoal.parallel import gather, norm
 
 
@@ -41,6 +41,15 @@ class Layout:
     def holds_output(self) -> bool:
         """This rank computes the model's output (and so the loss)."""
         return True
+
+    @property
+    def scores_output(self) -> bool:
+        """This rank scores evaluation batches: one output holder per replica (tensor-parallel coordinate 0)."""
+        return self.holds_output and self.dims.coords(self.env.rank)["tp"] == 0
+
+    def eval_batch(self, requested: int, train_microbatch: int) -> int:
+        """Samples per evaluation forward pass on each replica."""
+        return requested
 
     def train(self, mode: bool = True) -> None:
         for m in self.modules:
@@ -129,6 +138,10 @@ class Pipelined(Layout):
         if not self.last:
             return 0.0
         return float(sum(l.item() for l in losses)) / (self.dims.dp_size * self.dims.tp)
+
+    def eval_batch(self, requested: int, train_microbatch: int) -> int:
+        """The schedule's shapes are fixed by the training micro-batches: evaluation runs whole training batches."""
+        return train_microbatch
 
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         args = (x,) if self.first else ()

@@ -1,0 +1,84 @@
+"""Test-only fault injection, so fault-tolerance and health tests break a real worker at an exact point.
+
+- SHOAL_TEST_KILL="RANK:STEP" sends SIGKILL to rank RANK right after optimizer step STEP;
+  "RANK:STEP:save" kills it inside the checkpoint save of step STEP, after its shards are
+  written and before the commit.
+- SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP.
+- SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
+  seconds per step in those ranks, like a slower core.
+
+Kill and hang fire on the first attempt only (a restarted worker lives); the slowdown lasts.
+The environment is read once, when a worker builds its loop: each function returns the hook
+for that rank, and a rank no variable names gets `None` (the loop then calls nothing at all).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Callable
+
+Hook = Callable[[int], None] | None
+
+
+def _first_attempt() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
+
+
+def _kill_step(rank: int, where: str) -> int | None:
+    spec = os.environ.get("SHOAL_TEST_KILL")
+    if not spec or not _first_attempt():
+        return None
+    target_rank, target_step, *place = spec.split(":")
+    return int(target_step) if int(target_rank) == rank and (place[0] if place else "step") == where else None
+
+
+def _killer(at: int | None) -> Hook:
+    if at is None:
+        return None
+
+    def kill(step: int) -> None:
+        if step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+def kill_after_step(rank: int) -> Hook:
+    """Called after optimizer step N (and its evaluation): SIGKILL at the step SHOAL_TEST_KILL names."""
+    return _killer(_kill_step(rank, "step"))
+
+
+def kill_before_commit(rank: int) -> Hook:
+    """Called inside a checkpoint save of step N, after this rank's shards are written, before the commit."""
+    return _killer(_kill_step(rank, "save"))
+
+
+def hang_after_step(rank: int) -> Hook:
+    """Called once step N counts as done (heartbeats report it): sleep forever at SHOAL_TEST_HANG's step."""
+    spec = os.environ.get("SHOAL_TEST_HANG")
+    if not spec or not _first_attempt() or int(spec.split(":")[0]) != rank:
+        return None
+    at = int(spec.split(":")[1])
+
+    def hang(step: int) -> None:
+        while step == at:
+            time.sleep(3600)
+
+    return hang
+
+
+def slow_step(rank: int) -> Hook:
+    """Called inside every step's busy time: burn CPU like a slower core."""
+    slow = os.environ.get("SHOAL_TEST_SLOW_RANK")
+    if not slow or not (slow == "*" or str(rank) in slow.split(",")):
+        return None
+    seconds = float(os.environ.get("SHOAL_TEST_SLOW_S", "0.05"))
+
+    def burn(step: int) -> None:
+        until = time.process_time() + seconds
+        while time.process_time() < until:
+            pass
+
+    return burn

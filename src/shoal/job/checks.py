@@ -1,0 +1,57 @@
+"""Pure checks of a job against a world size: no process group, no files, no model weights.
+
+`shoal train`'s preflight, `shoal deploy` and `shoal.fit` run the same functions, so a job
+that deploys is a job that trains.
+"""
+
+from __future__ import annotations
+
+from shoal.config import JobConfig
+from shoal.data.plan import plan_for, total_steps
+from shoal.distributed.mesh import ParallelDims, check_layout
+from shoal.errors import ShoalError
+from shoal.launch.nodes import node_counts
+
+
+def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> ParallelDims:
+    """Reject layouts that cannot give every rank and micro-batch an equal share; returns the checked layout."""
+    t = cfg.train
+    dims = world if isinstance(world, ParallelDims) else check_layout(cfg.parallel, world)
+    replicas = dims.dp_size  # the batch is dealt over the data-parallel ranks; tp and pp peers share theirs
+    if t.global_batch_size % (replicas * t.grad_accum):
+        raise ShoalError(
+            f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum = "
+            f"{replicas} x {t.grad_accum} = {replicas * t.grad_accum}; pick a multiple of {replicas * t.grad_accum}"
+        )
+    if dims.pp > 1:
+        check_pipeline_batches(cfg, n_train, dims)
+    if total_steps(cfg, plan_for(cfg, n_train, replicas)) == 0:
+        raise ShoalError(
+            f"train: nothing to train: {n_train} training samples give 0 steps with global_batch_size = "
+            f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
+        )
+    return dims
+
+
+def check_node_counts(cfg: JobConfig, n_train: int, nproc_per_node: int, min_nodes: int = 1, max_nodes: int = 1) -> None:
+    """check_batching for every world size the job may run at: an elastic job can shrink or grow to any count."""
+    for nodes in node_counts(min_nodes, max_nodes):
+        check_batching(cfg, n_train, nproc_per_node * nodes)
+
+
+def check_pipeline_batches(cfg: JobConfig, n_train: int, dims: ParallelDims) -> None:
+    """A pipeline schedule fixes its micro-batch shapes at the first step: every step must split evenly."""
+    micro = dims.microbatches
+    local = cfg.train.global_batch_size // dims.dp_size // cfg.train.grad_accum
+    if local % micro:
+        raise ShoalError(
+            f"parallel.microbatches = {micro} must divide the per-replica batch global_batch_size / (dp x fsdp) / grad_accum = "
+            f"{cfg.train.global_batch_size} / {dims.dp_size} / {cfg.train.grad_accum} = {local}"
+        )
+    plan = plan_for(cfg, n_train, dims.dp_size)
+    short_last = n_train % cfg.train.global_batch_size and not cfg.data.drop_last and cfg.data.partition_scope == "batch"
+    if short_last and total_steps(cfg, plan) >= plan.steps_per_epoch():
+        raise ShoalError(
+            f"data: the last batch of an epoch has {n_train % cfg.train.global_batch_size} samples, which a pipeline cannot split "
+            f"like the others; set data.drop_last = true or make train.global_batch_size divide {n_train}"
+        )

@@ -1,0 +1,39 @@
+"""What every worker of `shoal train` runs for a job file (under Shoal's launcher or torchrun)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from shoal.api import fit
+from shoal.config import JobConfig
+from shoal.data import load as load_data
+from shoal.errors import ShoalError
+from shoal.models import build_model
+from shoal.models.gpt import lm_loss
+from shoal.plugins import import_plugins
+from shoal.train.process import tune_process
+
+
+def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Build the job's data and model, then train them with `fit`: the job file defines the model."""
+    import_plugins(cfg.plugins)
+    tune_process(cfg)  # a worker owns its process; a library caller of fit keeps theirs
+    splits = load_data(cfg.data, cfg.seed)
+    with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
+        model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
+    result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out,
+                 overwrite=overwrite, resume=resume, _model_from_job=True)
+    return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}
+
+
+def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool, resume: bool = False) -> dict[str, Any]:
+    """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line."""
+    try:
+        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite, resume)
+    except ShoalError as err:
+        return {"error": str(err)}

@@ -1,0 +1,82 @@
+"""SyncStrategy: how replicas agree on one update. The trainer calls its hooks in this order, every step:
+
+    wrap(model)                         once, before training (e.g. DDP around a replica)
+    forward/backward per micro-batch    the layout defers gradient reduction to the last one
+    after_backward(layout)              gradients are complete on this rank
+    grad_norm(layout, max_norm)         clip; the returned norm is the same on every training rank
+    step(optimizer)                     apply the update
+    after_step(step, layout)            e.g. average parameters every H steps
+    stats()                             fields for the training record, at log steps
+    state_dict() / load_state_dict()    in every checkpoint, with `parts()`
+
+A new strategy is one file with `@SYNC.register("name")` on its class; the job picks it with
+`sync = "name"` (a module of the user's is named in `plugins`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from shoal.config import JobConfig
+from shoal.distributed import DistEnv
+from shoal.distributed.collectives import TrainingGroup
+from shoal.distributed.mesh import ParallelDims
+from shoal.errors import ShoalError
+from shoal.registry import Registry
+
+
+@dataclass(frozen=True)
+class SyncContext:
+    cfg: JobConfig
+    env: DistEnv
+    dims: ParallelDims
+    group: TrainingGroup
+
+
+class SyncStrategy:
+    supports_model_parallel = False  # True: it composes with fsdp/tp/pp (their collectives stay inside the model)
+    grads_synced = True  # False: after backward each rank holds only its own gradient (local updates)
+
+    def __init__(self, ctx: SyncContext):
+        self.ctx = ctx
+        if ctx.dims.model_parallel and not self.supports_model_parallel:
+            raise ShoalError(f"sync = '{ctx.cfg.sync}' needs parallel.fsdp = tp = pp = 1 (layout here: {ctx.dims.describe()})")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """A whole replica (plain data parallel); model-parallel layouts are built by `parallel.build`."""
+        return model.to(self.ctx.env.device)
+
+    def after_backward(self, layout) -> None:
+        pass
+
+    def grad_norm(self, layout, max_norm: float) -> float:
+        norm = layout.clip_grad_norm_(max_norm)
+        if not self.grads_synced:  # local gradients: agree on the worst, so every rank skips a non-finite step together
+            norm = float(self.ctx.group.max([norm])[0])
+        return norm
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def after_step(self, step: int, layout) -> None:
+        pass
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def parts(self) -> dict[str, Any]:
+        """Named stateful parts for checkpoints (each with state_dict/load_state_dict); the strategy itself first."""
+        return {"sync": self}
+
+
+SYNC: Registry[type[SyncStrategy]] = Registry("sync strategy", "sync")
