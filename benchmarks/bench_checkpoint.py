@@ -65,8 +65,9 @@ def bandwidth(width: int, repeats: int, tmp: Path) -> list[str]:
 
 def step_cost(width: int, steps: int, every: int, repeats: int, tmp: Path) -> list[str]:
     """Alternating runs after a warm-up, medians: this machine is shared and drifts."""
-    import shoal
     from torch.utils.data import TensorDataset
+
+    import shoal
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4096, width, generator=g), torch.randint(0, 10, (4096,), generator=g)
@@ -106,7 +107,7 @@ def restart(tmp: Path) -> list[str]:
     killed = max(r["unix_time"] for r in records[:i] if r["kind"] == "train")  # rank 1 dies right after this step
     again = next(r for r in records[i:] if r["kind"] == "train")
     return ["time from a SIGKILL of rank 1 (2 processes, one machine) to the first step after the restart",
-            f"| killed after step | resumed from | first step again | seconds |", "|---|---|---|---|",
+            "| killed after step | resumed from | first step again | seconds |", "|---|---|---|---|",
             f"| 17 | {records[i]['step']} | {again['step']} | {again['unix_time'] - killed:.1f} |"]
 
 

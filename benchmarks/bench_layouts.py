@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shoal.config import to_toml, validate
 from shoal.config import deep_merge as merged
+from shoal.config import to_toml, validate
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -100,7 +100,6 @@ def bench_largest(tmp: Path, budget_gib: float) -> list[dict]:
             points.append((gpt_params(dim, layers), last["peak_rss_mb"], last["state_mb"]))
         (p0, m0, _), (p1, m1, s1) = points
         per_param = (m1 - m0) * 2**20 / (p1 - p0)  # bytes of peak RSS per parameter, per rank
-        fixed = m0 - per_param * p0 / 2**20
         rows.append({"layout": label, "processes": nproc, "peak_rss_mb_small": m0, "peak_rss_mb_large": m1,
                      "state_mb_large": s1, "bytes_per_param_per_rank": per_param})
     return with_largest(rows, budget_gib)

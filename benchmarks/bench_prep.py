@@ -67,7 +67,6 @@ def count_rows(data: Path) -> int:
 
 # --- the two sides --------------------------------------------------------------------
 def run_pandas(data: Path, out: Path) -> int:
-    import numpy as np
     import pandas as pd
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import KBinsDiscretizer, StandardScaler
@@ -211,7 +210,6 @@ def child(side: str, data: Path, out: Path) -> None:
 
     if side != "pandas":
         import distributed  # noqa: F401
-
         import shoal.prep  # noqa: F401
     started = time.perf_counter()
     if side == "pandas":

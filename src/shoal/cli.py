@@ -29,12 +29,13 @@ def train(
     nnodes: Annotated[Optional[str], typer.Option("--nnodes", help="machines in the job: N, or MIN:MAX to go on when some leave (elastic)")] = None,
     node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="this machine's number: 0 hosts the rendezvous, then 1, 2, ...")] = None,
     rdzv: Annotated[Optional[str], typer.Option("--rdzv", help="HOST:PORT where every machine reaches node rank 0's rendezvous")] = None,
-    max_restarts: Annotated[int, typer.Option("--max-restarts", help="restart the workers this many times after one fails (default: checkpoint.max_restarts)")] = 0,
+    max_restarts: Annotated[int, typer.Option(
+        "--max-restarts", help="restart the workers this many times after one fails (default: checkpoint.max_restarts)")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its newest complete checkpoint (any world size or layout)")] = False,
 ) -> None:
     """Train a job: spawns the workers here (one machine or one node of many), or runs as one worker under torchrun."""
-    from shoal.launch.nodes import node_spec
     from shoal.job.command import train_command
+    from shoal.launch.nodes import node_spec
 
     train_command(job, nproc, out, list(set_), overwrite, node_spec(nnodes, node_rank, rdzv), max_restarts, resume)
 

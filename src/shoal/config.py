@@ -132,10 +132,12 @@ class ParallelConfig(Section):
     microbatches: int = Field(0, ge=0, description="pipeline micro-batches per step and replica (0 = 2 x pp)")
     stages_per_rank: int = Field(2, ge=1, description="interleaved: model chunks each pipeline rank holds")
     pp_split: list[str] = Field([], description="module names that begin a new stage (empty = balanced automatically)")
-    pp_balance: Literal["cost", "time", "layers"] = Field("cost", description="automatic split by estimated FLOPs+parameters, measured time, or equal layer count")
+    pp_balance: Literal["cost", "time", "layers"] = Field(
+        "cost", description="automatic split by estimated FLOPs+parameters, measured time, or equal layer count")
     pp_speeds: list[float] = Field([], description="relative speed of each pipeline rank (empty = equal; with pp_measure_speed, measured)")
     pp_measure_speed: bool = Field(False, description="measure each pipeline rank's matmul speed and give faster ranks more layers")
-    tp_plan: dict[str, Literal["colwise", "rowwise", "sequence"]] = Field({}, description="module path -> style (empty = the model's own plan, or colwise/rowwise pairs of its Linear layers)")
+    tp_plan: dict[str, Literal["colwise", "rowwise", "sequence"]] = Field(
+        {}, description="module path -> style (empty = the model's own plan, or colwise/rowwise pairs of its Linear layers)")
     sequence_parallel: bool = Field(True, description="tp: shard norms and residuals over the sequence (gpt)")
     activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead of keeping them")
     meta_init: bool = Field(False, description="build the model on the meta device and materialize only this process's shards")
@@ -163,7 +165,7 @@ class JobConfig(Section):
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
-    def _data_source_has_path(self) -> "JobConfig":
+    def _data_source_has_path(self) -> JobConfig:
         if self.data.name in ("npz", "parquet") and not self.data.path:
             raise ValueError(f"data.path is required when data.name = '{self.data.name}'")
         return self

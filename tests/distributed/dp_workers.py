@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 import shoal
 from shoal.config import deep_merge as merged
 from shoal.data import load

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 import shoal
-from shoal.job.worker import run_job
 from shoal.config import deep_merge as merged
+from shoal.job.worker import run_job
 
 MODELS = {
     "gpt": {

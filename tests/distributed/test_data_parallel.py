@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import dp_workers
 import pytest
 import torch
 import torch.nn.functional as F
 
-import dp_workers
 from shoal.config import JobConfig
-from shoal.data import load
+from shoal.data import load, plan_for, total_steps
 from shoal.launch.local import launch_local
 from shoal.models import build_model
 from shoal.train.optim import build_optimizer, build_scheduler
-from shoal.data import plan_for, total_steps
 
 pytestmark = pytest.mark.dist
 EXACT = 1e-5

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from job_files import digits_mlp
 from shoal.config import load_job
 from shoal.models import build_model
-
-from job_files import digits_mlp
 
 pytestmark = pytest.mark.dist
 

@@ -6,9 +6,9 @@ Gradient clipping is on in every case (by the global norm), so the norm is check
 
 from __future__ import annotations
 
+import layout_workers as lw
 import pytest
 
-import layout_workers as lw
 from shoal.distributed import shutdown
 from shoal.launch.local import launch_local
 
@@ -26,10 +26,10 @@ def single(tmp_path_factory):
         shutdown()
 
 
-def _spawn(tmp_path_factory, layouts: dict, nproc: int, extra: dict = {}) -> dict:
+def _spawn(tmp_path_factory, layouts: dict, nproc: int, extra: dict | None = None) -> dict:
     root = tmp_path_factory.mktemp(f"world{nproc}")
     cases = [(m, name, {"parallel": par}) for name, par in layouts.items() for m in MODELS if m == "gpt" or name not in lw.GPT_ONLY]
-    cases += [(m, name, overrides) for (m, name), overrides in extra.items()]
+    cases += [(m, name, overrides) for (m, name), overrides in (extra or {}).items()]
     return launch_local(lw.run_cases, (str(root), cases), nproc=nproc)[0]
 
 

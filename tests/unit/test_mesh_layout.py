@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from shoal.job.checks import check_batching
 from shoal.config import JobConfig, ParallelConfig, validate
 from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
+from shoal.job.checks import check_batching
 from shoal.models.gpt import build_gpt
 from shoal.parallel import pipeline, tensor
 from shoal.parallel.layers import require_chain

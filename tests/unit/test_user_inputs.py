@@ -37,7 +37,8 @@ def test_npz_with_its_own_eval_split(tmp_path):
     xe, ye = blobs(90, seed=1)
     np.savez(tmp_path / "d.npz", x=x, y=y, x_eval=xe, y_eval=ye)
     job = tmp_path / "job.toml"
-    job.write_text(f'[data]\nname = "npz"\npath = "{tmp_path / "d.npz"}"\n[optimizer]\nname = "adamw"\nlr = 0.01\n[train]\nglobal_batch_size = 30\nepochs = 5\n')
+    job.write_text(f'[data]\nname = "npz"\npath = "{tmp_path / "d.npz"}"\n'
+                   '[optimizer]\nname = "adamw"\nlr = 0.01\n[train]\nglobal_batch_size = 30\nepochs = 5\n')
     records = train_in_process(job, tmp_path / "run")
     final = [r for r in records if r["kind"] == "eval"][-1]
     assert final["accuracy"] > 0.9

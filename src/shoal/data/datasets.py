@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from shoal.config import DataConfig
-from shoal.data.text import load_shakespeare, sizes as text_sizes
+from shoal.data.text import load_shakespeare
+from shoal.data.text import sizes as text_sizes
 from shoal.errors import ShoalError
 
 BUILTIN = ("mnist", "digits", "synthetic", "npz", "parquet", "shakespeare")

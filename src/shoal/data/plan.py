@@ -75,13 +75,13 @@ class BatchPlan:
         return out
 
 
-def plan_for(cfg: "JobConfig", n_samples: int, world: int) -> BatchPlan:
+def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
     """The job's batch plan over `world` data-parallel ranks (replicas x shards; tp and pp peers share one)."""
     d = cfg.data
     return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
 
 
-def total_steps(cfg: "JobConfig", plan: BatchPlan) -> int:
+def total_steps(cfg: JobConfig, plan: BatchPlan) -> int:
     return cfg.train.steps or cfg.train.epochs * plan.steps_per_epoch()
 
 

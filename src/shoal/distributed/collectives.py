@@ -23,7 +23,7 @@ class TrainingGroup:
     ranks: tuple[int, ...]  # global ranks, in group order
 
     @classmethod
-    def world(cls) -> "TrainingGroup":
+    def world(cls) -> TrainingGroup:
         size = dist.get_world_size() if dist.is_initialized() else 1
         rank = dist.get_rank() if dist.is_initialized() else 0
         return cls(None, rank, size, tuple(range(size)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Hook = Callable[[int], None] | None
 

@@ -22,17 +22,16 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from shoal.config import JobConfig
-from shoal.distributed.env import DistEnv
 from shoal.distributed import fault_injection
 from shoal.distributed.collectives import TrainingGroup
+from shoal.distributed.env import DistEnv
 
 
 class CollectiveTimeout(RuntimeError):

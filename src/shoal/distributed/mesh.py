@@ -35,7 +35,7 @@ class ParallelDims:
     microbatches: int = 1  # pipeline micro-batches per step and replica (1 without a pipeline)
 
     @classmethod
-    def from_config(cls, cfg: ParallelConfig, world: int) -> "ParallelDims":
+    def from_config(cls, cfg: ParallelConfig, world: int) -> ParallelDims:
         """Resolve dp = 0 ("the rest") and check that the product is the world size."""
         dp, fsdp, tp, pp = cfg.dp, cfg.fsdp, cfg.tp, cfg.pp
         model_par = fsdp * tp * pp

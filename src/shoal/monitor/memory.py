@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.distributed.tensor import DTensor

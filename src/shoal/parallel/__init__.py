@@ -6,7 +6,7 @@ the resulting `Layout`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

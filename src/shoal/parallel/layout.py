@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -118,7 +118,7 @@ class Sharded(Layout):
 class Pipelined(Layout):
     """Pipeline stages driven by a schedule, which runs forward and backward of all micro-batches itself."""
 
-    def __init__(self, modules, dims, env, key_order, schedule, stages, micro_loss: "MicroLoss"):
+    def __init__(self, modules, dims, env, key_order, schedule, stages, micro_loss: MicroLoss):
         super().__init__(modules, dims, env, key_order)
         self.schedule, self.stages, self.micro_loss = schedule, stages, micro_loss
         self.first = any(s.is_first for s in stages)

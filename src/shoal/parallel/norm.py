@@ -9,7 +9,7 @@ ranks hold different layers, so they simply add up.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist

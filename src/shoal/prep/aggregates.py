@@ -44,7 +44,7 @@ class Moments:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > ddof, self.m2 / (self.count - ddof), np.nan)
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         n = self.count + other.count
         with np.errstate(invalid="ignore", divide="ignore"):
             delta = other.mean - self.mean

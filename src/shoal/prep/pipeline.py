@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +144,8 @@ def run_prep(
             result = _run(config, base_dir, staging, fitted)
         except ValueError as err:
             if "Mismatched dtypes" in str(err):
-                raise ShoalError(f"a CSV column changes type part way through: set its type in the source's dtypes ({str(err).split('|')[0].strip()})") from None
+                first = str(err).split("|")[0].strip()
+                raise ShoalError(f"a CSV column changes type part way through: set its type in the source's dtypes ({first})") from None
             raise
     result.out_dir, result.seconds = out, time.perf_counter() - started
     result.applied_from = Path(apply_dir) if apply_dir is not None else None

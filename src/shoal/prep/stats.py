@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
 import numpy as np
 
 from shoal.prep._columns import is_numeric

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from shoal import parallel
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
 from shoal.data import fetch, microbatches, plan_for, total_steps
@@ -27,7 +28,6 @@ from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.health import Health
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
-from shoal import parallel
 from shoal.monitor import MONITORS, MonitorContext
 from shoal.run_dir import RunDir
 from shoal.sync import SyncStrategy

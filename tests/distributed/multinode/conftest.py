@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from netns import Network, namespaces_available
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from multinode_jobs import JOB, node_command, wait_all
 
 pytestmark = pytest.mark.dist

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from multinode_jobs import JOB, node_command, wait_all
 
 pytestmark = pytest.mark.dist

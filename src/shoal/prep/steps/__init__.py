@@ -6,8 +6,8 @@ from pydantic import Field
 
 from shoal.prep.steps.base import Step, StepContext
 from shoal.prep.steps.checkpoint import Checkpoint
-from shoal.prep.steps.describe import Stats
 from shoal.prep.steps.clean import DropColumns, DropRows, Fill, Outliers
+from shoal.prep.steps.describe import Stats
 from shoal.prep.steps.integrate import Cast, Derive, DropDuplicates, Join, Rename, Units
 from shoal.prep.steps.reduce import PCA, DropConstant, DropIdentifiers, VarianceThreshold
 from shoal.prep.steps.transform import Discretize, Generalize, MinMax, OneHot, Ordinal, Standardize

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from shoal.errors import ShoalError
-from shoal.prep._columns import is_numeric, require_columns
+from shoal.prep._columns import is_numeric
 from shoal.prep.aggregates import per_partition
 from shoal.prep.steps.base import Step, StepContext
 
