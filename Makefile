@@ -8,7 +8,9 @@ setup:
 demo: setup
 	.venv/bin/shoal train examples/mnist_cnn.toml --nproc 2 --out runs/mnist-cnn --overwrite
 
+# Lint (ruff, configured in pyproject.toml), then every test.
 test: setup
+	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/python -m pytest -q
 
 # Every benchmark of BENCHMARKS.md (about an hour on 2 cores); bench_node_restart.py needs root.
