@@ -5,15 +5,15 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from shoal.prep.steps.base import Step, StepContext
-from shoal.prep.steps.checkpoint import Checkpoint
 from shoal.prep.steps.clean import DropColumns, DropRows, Fill, Outliers
 from shoal.prep.steps.describe import Stats
 from shoal.prep.steps.integrate import Cast, Derive, DropDuplicates, Join, Rename, Units
+from shoal.prep.steps.persist import Persist
 from shoal.prep.steps.reduce import PCA, DropConstant, DropIdentifiers, VarianceThreshold
 from shoal.prep.steps.transform import Discretize, Generalize, MinMax, OneHot, Ordinal, Standardize
 
 STEP_TYPES = (
-    Stats, Checkpoint,
+    Stats, Persist,
     Join, Rename, Cast, Units, Derive, DropDuplicates,
     Fill, Outliers, DropRows, DropColumns,
     PCA, DropConstant, DropIdentifiers, VarianceThreshold,

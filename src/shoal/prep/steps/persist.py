@@ -1,4 +1,5 @@
-"""Checkpoint: materialize the frame once so later fit passes stop redoing earlier work."""
+"""Persist: materialize the frame once so later fit passes stop redoing earlier work (op "persist";
+"checkpoint", its first name, still works in existing pipeline files)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ import dask.dataframe as dd
 from shoal.prep.steps.base import Step, StepContext
 
 
-class Checkpoint(Step):
+class Persist(Step):
     """Write the frame to Parquet in the run's scratch space and continue from there.
 
     Every fit pass streams the data from the sources again (that keeps memory bounded);
-    after costly steps (parsing CSV, joins, deduplication) a checkpoint makes the later
+    after costly steps (parsing CSV, joins, deduplication) a persist step makes the later
     passes read compact Parquet instead. store = "memory" persists in RAM instead, for
     data that fits. The scratch files are deleted before the output is published.
     """
 
-    op: Literal["checkpoint"]
+    op: Literal["persist", "checkpoint"]
     store: Literal["disk", "memory"] = "disk"
 
     def apply(self, frame, params, ctx: StepContext):
         if self.store == "memory" or ctx.scratch is None:
             return frame.persist()
-        path = ctx.scratch / f"checkpoint-{len(list(ctx.scratch.glob('checkpoint-*')))}"
+        path = ctx.scratch / f"persist-{len(list(ctx.scratch.glob('persist-*')))}"
         frame.to_parquet(path, write_index=False, write_metadata_file=False)
         return dd.read_parquet(path)
