@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from shoal.config import CommConfig
 from shoal.registry import Registry
@@ -35,6 +36,9 @@ class Compressor:
         self.count(grads.numel() * grads.element_size(), encoded.numel() * encoded.element_size())
         future = dist.all_reduce(encoded, group=self.group, async_op=True).get_future()
         return future.then(lambda fut: self.decode(fut.value()[0], grads))
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the replica before DDP wraps it (for state kept per parameter)."""
 
     def encode(self, grads: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

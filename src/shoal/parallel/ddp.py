@@ -15,6 +15,7 @@ def apply(model: nn.Module, env: DistEnv, compressor: Compressor) -> nn.Module:
     model = model.to(env.device)
     if env.world_size == 1 and not compressor.uses_hook:
         return model
+    compressor.attach(model)
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=device_ids, process_group=compressor.group)
     install(ddp, compressor)

@@ -69,7 +69,7 @@ def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, 
         sequences = y.dim() > 1
         loss_sum += float(loss_fn(out, y, reduction="sum"))
         samples += valid
-        quality.update(out.flatten(0, -2), y.flatten())
+        quality.update(out[..., :num_classes].flatten(0, -2), y.flatten())  # a padded vocabulary's extra logits are no class
     loss_total, sample_total, seq_flag = group.sum([loss_sum, samples, float(sequences)])
     with warnings.catch_warnings():  # ranks that score nothing (early pipeline stages) still join the state sync
         warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
