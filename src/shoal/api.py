@@ -11,14 +11,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from shoal import config as config_mod
 from shoal import sync as sync_mod
-from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
 from shoal.data import check_samples
 from shoal.distributed import DistEnv, init_distributed
@@ -27,7 +25,7 @@ from shoal.distributed.mesh import check_layout
 from shoal.errors import ShoalError
 from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
-from shoal.run_dir import RunDir
+from shoal.run_start import describe_origin, start_run
 from shoal.train.process import tune_process as tune
 from shoal.train.progress import print_summary
 from shoal.train.trainer import FitResult, LossFn, Trainer
@@ -51,7 +49,7 @@ def _infer_classes(*datasets: Dataset | None) -> int:
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
         *, num_classes: int | None = None, loss_fn: LossFn = F.cross_entropy, out: str | Path | None = None,
         overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,
-        resume: bool = False, tune_process: bool = False, _model_from_job: bool = False) -> FitResult:
+        resume: bool = False, tune_process: bool = False, _model_from_job: bool = False, _run_id: str | None = None) -> FitResult:
     """Train `model` over however many processes launched this script, as the config's layout and sync say.
 
     Each sample must be an `(inputs, target)` pair. `loss_fn(output, target, reduction="sum")`
@@ -75,10 +73,10 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     sync = sync_mod.build(sync_mod.SyncContext(cfg, env, dims, group))
     classes = num_classes or _infer_classes(train_set, eval_set)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    checkpoints, resume_from = _checkpoints(cfg, env, out, resume, restarted)
-    run_dir = None
-    if out is not None and env.is_main:
-        run_dir = RunDir(Path(out), overwrite, continuing=resume or restarted)
+    origin = None if _model_from_job else describe_origin(model, train_set, eval_set)
+    start = start_run(cfg, env, out, overwrite, resume, restarted, _run_id, origin)  # locks, checks; writes nothing yet
+    checkpoints, resume_from, run_dir = start.checkpoints, start.resume_from, start.run_dir
+    if run_dir is not None:
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
     trainer = Trainer(cfg, env, dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress, checkpoints,
@@ -91,22 +89,6 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     if summary and env.is_main:
         print_summary(summary_rows(cfg, env, result))
     return result
-
-
-def _checkpoints(cfg: JobConfig, env: DistEnv, out, resume: bool, restarted: bool) -> tuple[Checkpointer | None, Path | None]:
-    """Checkpointing needs a run directory; resuming needs a complete checkpoint in it."""
-    wanted = cfg.checkpoint.every or cfg.checkpoint.at_end or resume or restarted
-    if out is None or not wanted:
-        if resume:
-            raise ShoalError("resume: needs the run directory (--out) whose checkpoints to continue from")
-        return None, None
-    c = cfg.checkpoint
-    group = dist.new_group(backend="gloo") if c.async_save and env.world_size > 1 else None  # apart from training's collectives
-    checkpoints = Checkpointer(Path(out) / "checkpoints", env.rank, env.world_size, c.keep, group, c.async_save)
-    latest = latest_checkpoint(checkpoints.root) if resume or restarted else None
-    if resume and latest is None and not restarted:
-        raise ShoalError(f"--resume: no complete checkpoint in '{checkpoints.root}'; drop --resume to start afresh")
-    return checkpoints, latest
 
 
 def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """Sharded, atomic, resharding checkpoints on torch.distributed.checkpoint (DCP).
 
 A checkpoint is a directory `checkpoints/step-00000123/`: DCP's shard files and `.metadata`,
-plus `shoal.json` (step, world, layout). Besides model, optimizer, schedule, step and RNG it
-holds any number of named stateful parts (a compressor's error feedback, a sync strategy's
+plus `shoal.json` (step, world, layout, run id). Besides model, optimizer, schedule, step and RNG
+it holds any number of named stateful parts (a compressor's error feedback, a sync strategy's
 clocks, an outer optimizer): each rank's `state_dict()` of each part, restored on the same
 world size. Every rank writes its shards into
 `.tmp-step-00000123/`; only after all ranks finished does rank 0 rename it into place, so a
@@ -56,9 +56,19 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def latest_checkpoint(root: Path) -> Path | None:
+def latest_checkpoint(root: Path, run_id: str | None = None) -> Path | None:
+    """With `run_id`, only that run's: a restart never continues another job's checkpoints left in the directory."""
     done = complete_checkpoints(root)
+    if run_id is not None:
+        done = [p for p in done if _marker_run_id(p) == run_id]
     return done[-1] if done else None
+
+
+def _marker_run_id(path: Path) -> str | None:
+    try:
+        return json.loads((path / MARKER).read_text()).get("run_id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def read_marker(path: Path) -> dict:
@@ -123,8 +133,9 @@ class Checkpointer:
     of their own (`group`), so they never interleave with training's."""
 
     def __init__(self, root: Path, rank: int, world: int, keep: int = 2, group: dist.ProcessGroup | None = None,
-                 async_save: bool = False):
+                 async_save: bool = False, run_id: str | None = None):
         self.root, self.rank, self.world, self.keep, self.group = root, rank, world, keep, group
+        self.run_id = run_id  # recorded in every marker
         self.async_save = async_save
         self.pending: tuple[Future, Callable[[], None]] | None = None  # an async save and its commit
 
@@ -166,7 +177,8 @@ class Checkpointer:
             fault(step)  # test hook: dies here, after the shards and before the commit
         self._barrier()
         if self.rank == 0:
-            info = {**meta, "step": step, "world_size": self.world, "saved_at": time.time(), "save_s": time.perf_counter() - started}
+            info = {**meta, "run_id": self.run_id, "step": step, "world_size": self.world, "saved_at": time.time(),
+                    "save_s": time.perf_counter() - started}
             (tmp / MARKER).write_text(json.dumps(info, indent=1))
             if final.exists():
                 shutil.rmtree(final)

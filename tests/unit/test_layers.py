@@ -15,7 +15,7 @@ LAYERS = {
     0: ["errors", "registry", "plugins", "config", "config_doc"],
     1: ["data", "models", "prep"],
     2: ["distributed"],
-    3: ["compress", "parallel", "checkpoint", "run_dir", "monitor"],
+    3: ["compress", "parallel", "checkpoint", "run_dir", "run_lock", "run_start", "monitor"],
     4: ["sync"],
     5: ["train", "launch"],
     6: ["api", "job", "export"],

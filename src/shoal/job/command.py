@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -11,33 +13,58 @@ from shoal.config import load_job
 from shoal.data import describe
 from shoal.distributed.env import launched_by_elastic
 from shoal.errors import ShoalError
+from shoal.job.checks import check_node_counts, check_parts
+from shoal.job.worker import run_job, worker_main
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
 from shoal.launch.nodes import NodeSpec
-from shoal.job.checks import check_node_counts
-from shoal.job.worker import run_job, worker_main
-from shoal.plugins import import_plugins
 from shoal.models import build_model
-from shoal.run_dir import check_writable, default_run_dir
+from shoal.run_dir import check_same_model, check_writable, default_run_dir, new_run_id, read_run_info
+from shoal.run_lock import HELD_ENV, acquire, lock_path
 
 
-def preflight(cfg, out: Path, overwrite: bool, nodes: NodeSpec | None = None) -> None:
-    """Fail before any process starts, with the field to fix."""
-    import_plugins(cfg.plugins)
-    from shoal.sync import SYNC
-
-    SYNC.get(cfg.sync)  # an unknown strategy names the choices before any worker starts
+def preflight(cfg, nodes: NodeSpec | None = None) -> None:
+    """Fail before any process starts, with the field to fix (the run directory's checks: `holding`)."""
+    check_parts(cfg)  # an unknown sync strategy, compressor or monitor names the choices before any worker starts
     spec = describe(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # a model too big for memory stays shapes only
         build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
     check_node_counts(cfg, spec.n_train, cfg.nproc, *((nodes.min_nodes, nodes.max_nodes) if nodes else (1, 1)))
-    if nodes is None or nodes.is_host:  # the other nodes start while the host may already be writing
-        check_writable(out, overwrite)
+
+
+@contextlib.contextmanager
+def holding(cfg, out: Path, overwrite: bool, resume: bool, nodes: NodeSpec | None) -> Iterator[str | None]:
+    """Hold the run directory for the whole job, so a second job is refused before any worker starts, and check it
+    under the lock. Yields the run id every worker and every restart gets (None on a node other than rank 0: the
+    job's rank 0 reads it from the lock file). With --nnodes only node rank 0 locks; the workers of every node
+    learn from HELD_ENV that their launcher's job holds it."""
+    host = nodes is None or nodes.is_host  # the other nodes start while the host may already be writing
+    lock = acquire(out) if host else None
+    before = os.environ.get(HELD_ENV)
+    try:
+        run_id = None
+        if host:
+            check_writable(out, overwrite or resume)
+            if resume:
+                check_same_model(out, cfg.model.model_dump(mode="json"), cfg.optimizer.name)
+            run_id = (read_run_info(out).get("run_id") if resume else None) or new_run_id()
+            lock.record(run_id)
+        os.environ[HELD_ENV] = str(lock_path(out))
+        yield run_id
+    finally:
+        if before is None:
+            os.environ.pop(HELD_ENV, None)
+        else:
+            os.environ[HELD_ENV] = before
+        if lock is not None:
+            lock.release()
 
 
 def train_command(job: Path, nproc: int | None, out: Path | None, overrides: list[str], overwrite: bool,
                   nodes: NodeSpec | None = None, max_restarts: int = 0, resume: bool = False) -> dict:
     if max_restarts < 0:
         raise ShoalError(f"--max-restarts {max_restarts}: must be 0 or more")
+    if resume and overwrite:
+        raise ShoalError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     if nproc is not None:
         overrides = [*overrides, f"nproc={nproc}"]
     cfg = load_job(job, overrides)
@@ -47,17 +74,18 @@ def train_command(job: Path, nproc: int | None, out: Path | None, overrides: lis
     max_restarts = max_restarts or cfg.checkpoint.max_restarts
     if launched_by_elastic():  # torchrun started this process as one rank
         return run_job(cfg, str(out), overwrite, resume)
-    preflight(cfg, out, overwrite or resume, nodes)
-    if cfg.nproc == 1 and nodes is None and not max_restarts:
-        return run_job(cfg, str(out), overwrite, resume)
-    args = (cfg.model_dump(), str(out), overwrite, resume)
-    try:
-        if nodes is None:
-            results = launch_local(worker_main, args, cfg.nproc, max_restarts)
-        else:
-            results = launch_nodes(worker_main, args, cfg.nproc, nodes, max_restarts, run_id=f"shoal-{cfg.name}")
-    except WorkerFailed as err:
-        raise SystemExit(f"error: {err}") from None
+    preflight(cfg, nodes)
+    with holding(cfg, out, overwrite, resume, nodes) as run_id:
+        if cfg.nproc == 1 and nodes is None and not max_restarts:
+            return run_job(cfg, str(out), overwrite, resume, run_id)
+        args = (cfg.model_dump(), str(out), overwrite, resume, run_id)
+        try:
+            if nodes is None:
+                results = launch_local(worker_main, args, cfg.nproc, max_restarts)
+            else:
+                results = launch_nodes(worker_main, args, cfg.nproc, nodes, max_restarts, run_id=f"shoal-{cfg.name}")
+        except WorkerFailed as err:
+            raise SystemExit(f"error: {err}") from None
     errors = [r["error"] for r in results.values() if isinstance(r, dict) and "error" in r]
     if errors:
         raise ShoalError(errors[0])

@@ -18,8 +18,10 @@ from shoal.plugins import import_plugins
 from shoal.train.process import tune_process
 
 
-def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Build the job's data and model, then train them with `fit`: the job file defines the model."""
+def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bool = False,
+            run_id: str | None = None) -> dict[str, Any]:
+    """Build the job's data and model, then train them with `fit`: the job file defines the model. `run_id`: the
+    launcher's (every attempt of one job shares it); None lets rank 0 decide."""
     import_plugins(cfg.plugins)
     tune_process(cfg)  # a worker owns its process; a library caller of fit keeps theirs
     splits = load_data(cfg.data, cfg.seed)
@@ -27,13 +29,14 @@ def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bo
         model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
     loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
     result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out,
-                 overwrite=overwrite, resume=resume, _model_from_job=True)
+                 overwrite=overwrite, resume=resume, _model_from_job=True, _run_id=run_id)
     return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}
 
 
-def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool, resume: bool = False) -> dict[str, Any]:
+def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool, resume: bool = False,
+                run_id: str | None = None) -> dict[str, Any]:
     """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line."""
     try:
-        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite, resume)
+        return run_job(JobConfig.model_validate(cfg_dict), out, overwrite, resume, run_id)
     except ShoalError as err:
         return {"error": str(err)}
