@@ -87,7 +87,7 @@ class TrainConfig(Section):
 
 
 class CommConfig(Section):
-    hook: Literal["none", "fp16", "bf16", "powersgd"] = Field("none", description="gradient compression on the all-reduce")
+    hook: str = Field("none", description="gradient compression on the all-reduce: none | fp16 | bf16 | powersgd, or one a plugin registers")
     powersgd_rank: int = Field(2, ge=1, description="rank of the PowerSGD low-rank approximation")
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
 

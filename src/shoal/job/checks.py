@@ -11,6 +11,7 @@ from shoal.data.plan import plan_for, total_steps
 from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
 from shoal.launch.nodes import node_counts
+from shoal.plugins import import_plugins
 
 
 def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> ParallelDims:
@@ -31,6 +32,19 @@ def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> P
             f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
         )
     return dims
+
+
+def check_parts(cfg: JobConfig) -> None:
+    """Every part the job names by name exists (after importing its plugins); an unknown one lists the choices."""
+    from shoal.compress import COMPRESSORS
+    from shoal.monitor import MONITORS
+    from shoal.sync import SYNC
+
+    import_plugins(cfg.plugins)
+    SYNC.get(cfg.sync)
+    COMPRESSORS.get(cfg.comm.hook)
+    for name in cfg.log.monitors:
+        MONITORS.get(name)
 
 
 def check_node_counts(cfg: JobConfig, n_train: int, nproc_per_node: int, min_nodes: int = 1, max_nodes: int = 1) -> None:

@@ -64,8 +64,9 @@ def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | Non
 def check_world_sizes(d: Deployment) -> None:
     """The batch must split over every world size the job may run at, before a cluster is asked for nodes."""
     from shoal.data import describe
-    from shoal.job.checks import check_node_counts
+    from shoal.job.checks import check_node_counts, check_parts
 
+    check_parts(d.cfg)
     check_node_counts(d.cfg, describe(d.cfg.data, d.cfg.seed).n_train, d.nproc_per_node, d.min_nodes, d.max_nodes)
 
 
