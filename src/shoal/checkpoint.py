@@ -20,10 +20,11 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -208,7 +209,7 @@ class Checkpointer:
         scheduler.load_state_dict(state["scheduler"])
         if same_world:
             set_rng_state(state[f"rng_rank{self.rank}"])
-        for name, buffer in restored.items():
+        for name in restored:
             _unpack(parts[name], state[_part_key(name, self.rank)])
         return TrainState(step=int(state["train"]["step"]), parts=sorted(restored))
 
