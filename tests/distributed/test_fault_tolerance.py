@@ -3,8 +3,6 @@ its newest complete checkpoint, and ends bit-identical to a run that was never i
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import subprocess
 import sys
@@ -12,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from runs import records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
@@ -36,21 +36,6 @@ log_every = 1
 every = 4
 keep = 2
 """
-
-
-def shoal_train(job: Path, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "shoal", "train", str(job), "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "model.pt", weights_only=True)
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
 @pytest.fixture(scope="module")

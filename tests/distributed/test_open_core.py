@@ -4,17 +4,16 @@ through `shoal train` without touching Shoal's code."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from job_files import digits_mlp
+from runs import records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
@@ -62,21 +61,6 @@ TOY_SYNC = textwrap.dedent('''
         def load_state_dict(self, state):
             self.rounds = state["rounds"]
 ''')
-
-
-def shoal_train(job: Path, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "shoal", "train", str(job), "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "model.pt", weights_only=True)
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
 def test_powersgd_state_survives_a_sigkill_restart_bit_identically(tmp_path):
