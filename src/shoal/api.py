@@ -79,13 +79,16 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     if run_dir is not None:
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
-    trainer = Trainer(cfg, env, dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress, checkpoints,
-                      resume_from, group)
-    result = trainer.fit()
-    state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
-    if run_dir is not None:
-        run_dir.save_model(state)
-        run_dir.close()
+    try:
+        trainer = Trainer(cfg, env, dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress, checkpoints,
+                          resume_from, group)
+        result = trainer.fit()
+        state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
+        if run_dir is not None:
+            run_dir.save_model(state)
+    finally:
+        if run_dir is not None:
+            run_dir.close()  # also when training failed: the directory's lock goes with this call, not the process
     if summary and env.is_main:
         print_summary(summary_rows(cfg, env, result))
     return result

@@ -175,7 +175,7 @@ class Trainer:
         self.progress.note(f"{where}: {t.on_nonfinite}")
         if t.on_nonfinite == "skip":
             return step
-        latest = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
+        latest = latest_checkpoint(self.checkpoints.root, self.checkpoints.run_id) if self.checkpoints is not None else None
         if latest is None:
             raise ShoalError(f"train: {where} and no checkpoint to roll back to; set checkpoint.every")
         self.resume_from = latest
