@@ -52,6 +52,9 @@ class DataConfig(Section):
     synthetic_features: int = Field(32, ge=1, description="synthetic: features per sample")
     synthetic_classes: int = Field(4, ge=2, description="synthetic: number of classes")
     seq_len: int = Field(64, ge=1, description="shakespeare: characters per training sequence")
+    prefetch: Literal["auto", "on", "off"] = Field(
+        "auto", description="read the next step's batch in a background thread (auto: for index-based data sets, whose "
+        "samples draw no random numbers)")
 
 
 class OptimizerConfig(Section):
@@ -90,6 +93,8 @@ class CommConfig(Section):
     hook: str = Field("none", description="gradient compression on the all-reduce: none | fp16 | bf16 | powersgd, or one a plugin registers")
     powersgd_rank: int = Field(2, ge=1, description="rank of the PowerSGD low-rank approximation")
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
+    bucket_mb: float = Field(25.0, gt=0.0, le=1e6, description="DDP gradient bucket size: a bucket is reduced while backward goes on "
+                             "(a size above the model's gradients turns that overlap off)")
 
 
 class DistConfig(Section):

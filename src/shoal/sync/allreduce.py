@@ -27,7 +27,7 @@ class AllReduce(SyncStrategy):
         self.compressor: Compressor = COMPRESSORS.get(comm.hook)(comm, ctx.group.group)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return ddp.apply(model, self.ctx.env, self.compressor)
+        return ddp.apply(model, self.ctx.env, self.compressor, self.ctx.cfg.comm.bucket_mb)
 
     def stats(self) -> dict[str, float]:
         return self.compressor.stats() if self.compressor.uses_hook else {}

@@ -23,6 +23,8 @@ from shoal import parallel
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
 from shoal.data import fetch, microbatches, plan_for, total_steps
+from shoal.data.prefetch import Prefetcher
+from shoal.data.prefetch import wanted as prefetch_wanted
 from shoal.distributed import DistEnv, fault_injection
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.health import Health
@@ -34,6 +36,7 @@ from shoal.sync import SyncStrategy
 from shoal.train.metrics import evaluate_layout
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
+from shoal.train.steptime import GradClock, PhaseTotals, StepPhases
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, target, reduction="sum")
 
@@ -51,25 +54,31 @@ class FitResult:
 
 
 class Window:
-    """The steps since the last training record: their loss shares, samples, data waits and training time."""
+    """The steps since the last training record: their loss shares, samples, step phases and training time."""
 
     def __init__(self):
-        self.loss = self.samples = self.wait = 0.0
+        self.loss = self.samples = 0.0
         self.steps = 0
+        self.phases = PhaseTotals()
+        self.before = 0.0  # training seconds of this window before its last pause
         self.restart()
 
+    def pause(self) -> None:
+        """Stop the clock: what comes next (evaluation, a checkpoint) is not training."""
+        self.before += time.perf_counter() - self.start
+
     def restart(self) -> None:
-        """Count time from now: what came before (evaluation, a checkpoint) was not training."""
+        """Count time again from now."""
         self.start = time.perf_counter()
 
-    def add(self, loss_share: float, samples: int, wait: float) -> None:
+    def add(self, loss_share: float, samples: int, phases: dict[str, float]) -> None:
         self.loss += loss_share
         self.samples += samples
-        self.wait += wait
+        self.phases.add(phases)
         self.steps += 1
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.before + time.perf_counter() - self.start
 
 
 class Trainer:
@@ -95,6 +104,8 @@ class Trainer:
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
         self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
         self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
+        self.grad_clock = GradClock(self.layout.parameters())
+        self.prefetch = Prefetcher(prefetch_wanted(cfg.data.prefetch, train_set))
 
     def _step_batch(self) -> int:
         """Samples of one replica in one accumulation step."""
@@ -113,17 +124,30 @@ class Trainer:
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.log(record)
 
-    def train_step(self, step: int, epoch: int, step_in_epoch: int) -> tuple[float, int, float] | None:
-        """Optimizer step number `step`; returns this rank's share of the global mean loss, global samples, and data
-        wait, or None when the gradient was not finite (then nothing was updated)."""
-        t0 = time.perf_counter()
-        batches = list(microbatches(self.train_set, self.plan.step(epoch, step_in_epoch), self.layout.dp_rank,
-                                    self.cfg.train.grad_accum, self.env.device))
-        data_wait = time.perf_counter() - t0
+    def _batches(self, index: int) -> tuple[bytes, Callable[[], list]]:
+        """Step `index` (0-based)'s micro-batches on this rank: a key naming their samples, and how to load them."""
+        epoch, in_epoch = divmod(index, self.plan.steps_per_epoch())
+        per_rank = self.plan.step(epoch, in_epoch)
+        mine, total = per_rank[self.layout.dp_rank], sum(len(p) for p in per_rank)
+        load = lambda: list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device))  # noqa: E731
+        return Prefetcher.key(mine, total), load
+
+    def train_step(self, step: int) -> tuple[float, int, dict[str, float]] | None:
+        """Optimizer step number `step` (1-based); returns this rank's share of the global mean loss, global samples,
+        and where the step's time went, or None when the gradient was not finite (then nothing was updated)."""
+        phases = StepPhases(self.grad_clock)
+        batches = self.prefetch.take(*self._batches(step - 1))
+        if step < self.steps:
+            self.prefetch.ahead(*self._batches(step))  # read while this step computes
+        phases.mark("data_wait_s")
         scale = self.dims.dp_size / batches[0].global_count
         loss_share = 0.0
         for i, mb in enumerate(batches):
-            loss_share += self.layout.forward_backward(mb.inputs, mb.targets, self.loss_fn, scale, sync=i == len(batches) - 1)
+            last = i == len(batches) - 1
+            if last:
+                phases.last_microbatch()
+            loss_share += self.layout.forward_backward(mb.inputs, mb.targets, self.loss_fn, scale, sync=last)
+        phases.end_backward()
         self.sync.after_backward(self.layout)
         norm = self.sync.grad_norm(self.layout, self.cfg.train.clip_grad_norm or math.inf)  # inf: measure, scale by 1
         if not math.isfinite(norm):  # the same value on every rank: all take this branch together
@@ -135,7 +159,8 @@ class Trainer:
             monitor.after_step(step)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_share, batches[0].global_count, data_wait
+        phases.mark("update_s")
+        return loss_share, batches[0].global_count, phases.times
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_set is None:
@@ -187,7 +212,7 @@ class Trainer:
         loss, rate = loss_sum / window.steps, window.samples / window.elapsed()
         signals = {k: v for monitor in self.monitors for k, v in monitor.record().items()}  # collectives: every rank
         self._log({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                   "samples_per_s": rate, "data_wait_s": window.wait / window.steps, "time_s": time.perf_counter() - start,
+                   "samples_per_s": rate, **window.phases.means(window.steps), "time_s": time.perf_counter() - start,
                    **self.sync.stats(), **signals})
         self.progress.update(step, f"loss {loss:.4f}  {rate:,.0f} samples/s")
         return loss
@@ -211,9 +236,9 @@ class Trainer:
         seen, last_loss, last_eval = 0, float("nan"), {}
         step, self.nonfinite = first, 0
         while step < self.steps:
-            epoch, in_epoch = divmod(step, spe)
+            epoch = step // spe
             with self.health.step(step + 1):
-                outcome = self.train_step(step + 1, epoch, in_epoch)
+                outcome = self.train_step(step + 1)
             if outcome is None:
                 step = self.after_nonfinite(step + 1)
                 continue
@@ -224,11 +249,13 @@ class Trainer:
                 last_loss = self.log_window(window, done, epoch, start)
                 window = Window()
             if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and done % spe == 0) or done == self.steps:
+                window.pause()  # throughput counts training, not evaluation
                 last_eval = self.evaluate_and_log(done, epoch)
-                window.restart()  # throughput counts training, not evaluation
+                window.restart()
             if self.kill_test_hook is not None:
                 self.kill_test_hook(done)
             if every and done % every == 0 and done < self.steps:
+                window.pause()
                 self.save_checkpoint(done)
                 window.restart()
             step = done
@@ -238,6 +265,7 @@ class Trainer:
             self.checkpoints.wait()
         wall = time.perf_counter() - start
         self.progress.close()
+        self.prefetch.close()
         self.health.close()
         return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
                          last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)
