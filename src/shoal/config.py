@@ -90,11 +90,33 @@ class TrainConfig(Section):
 
 
 class CommConfig(Section):
-    hook: str = Field("none", description="gradient compression on the all-reduce: none | fp16 | bf16 | powersgd, or one a plugin registers")
+    """Gradient compression on the data-parallel gradient reduce (docs/compression.md)."""
+
+    compression: str = Field("none", description="gradient compression: none | fp16 | bf16 | topk | randk | qsgd | int8 | powersgd, "
+                             "or one a plugin registers (`comm.hook` is its old name, still accepted)")
+    topk_ratio: float = Field(0.01, gt=0.0, le=1.0, description="topk, randk: share of each gradient tensor's entries sent per step (at least one)")
+    qsgd_levels: int = Field(127, ge=1, le=32767, description="qsgd: quantization levels s per sign (up to 127 travel in one byte, up to 32767 in two)")
+    error_feedback: bool = Field(True, description="topk, randk: add what a step did not send to the next step's gradient")
     powersgd_rank: int = Field(2, ge=1, description="rank of the PowerSGD low-rank approximation")
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
-    bucket_mb: float = Field(25.0, gt=0.0, le=1e6, description="DDP gradient bucket size: a bucket is reduced while backward goes on "
-                             "(a size above the model's gradients turns that overlap off)")
+    bucket_mb: float = Field(0.0, ge=0.0, le=1e6, description="DDP gradient bucket size in MB (0: DDP's 1 MB first bucket, then "
+                             "25 MB); a bucket is reduced while backward goes on, so one above the model's size turns that overlap off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hook_is_the_old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "hook" in data:
+            data = dict(data)
+            hook = data.pop("hook")
+            if "compression" in data and data["compression"] != hook:
+                raise ValueError(f"hook = {hook!r} and compression = {data['compression']!r} differ: hook is the old name of compression, keep one")
+            data["compression"] = hook
+        return data
+
+    @property
+    def hook(self) -> str:
+        """The old name of `compression`: code that reads it keeps working."""
+        return self.compression
 
 
 class DistConfig(Section):

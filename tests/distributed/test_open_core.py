@@ -89,6 +89,9 @@ def test_a_sync_strategy_from_a_plugin_file_trains_through_shoal_train(tmp_path)
     a, b = weights(tmp_path / "allreduce"), weights(tmp_path / "toy")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6  # SGD without momentum: averaging weights = averaging grads
     assert records(tmp_path / "toy", "train")[-1]["average_rounds"] == 12
+    for r in records(tmp_path / "allreduce", "train"):  # DDP's wait for the last buckets, split out of compute
+        parts = [r["data_wait_s"], r["compute_s"], r["comm_exposed_s"], r["update_s"]]
+        assert r["comm_exposed_s"] > 0 and abs(sum(parts) - r["step_s"]) < 1e-9
     unknown = subprocess.run([sys.executable, "-m", "shoal", "train", str(job), "--out", str(tmp_path / "x"), "--set", 'sync="nope"'],
                              capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "sync = 'nope'" in unknown.stderr and "allreduce" in unknown.stderr
