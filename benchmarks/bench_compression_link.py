@@ -1,0 +1,107 @@
+"""Gradient compression over a slow link: two "machines" (network namespaces, one process each) joined
+by a 100 Mbit/s link (tc tbf on both ends), the MNIST CNN (and optionally the gpt) trained with
+every compression method. Per method: median step time, bytes on the wire per step (what the
+compressor reports), the time at which test accuracy first reaches the target, and the final
+accuracy. Needs root (namespaces; the root namespace is never touched). Usage:
+
+    python benchmarks/bench_compression_link.py [--methods none,fp16,...] [--steps N] [--rate 100mbit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "distributed" / "multinode"))
+from netns import Network, ip, namespaces_available  # noqa: E402
+
+MODELS = {
+    "mnist-cnn": (ROOT / "examples" / "mnist_cnn.toml", ["data.limit_eval=2000"]),
+    "gpt": (ROOT / "examples" / "gpt_shakespeare.toml", []),
+}
+METHODS = "none,fp16,bf16,int8,qsgd,topk,randk,powersgd"
+
+
+def shape_links(net: Network, rate: str) -> None:
+    for ns in net.names:
+        ip("-n", ns, "link", "set", "eth0", "mtu", "1500")
+        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
+                        "burst", "1mbit", "latency", "50ms"], check=True, capture_output=True, timeout=10)
+
+
+def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> list[dict]:
+    port = random.randint(20000, 29000)
+    extra = [a for s in sets for a in ("--set", s)]
+    procs = [net.start(i, [sys.executable, "-m", "shoal", "train", str(job), "--nproc", "1", "--out", str(out), "--overwrite",
+                           "--nnodes", "2", "--node-rank", str(i), "--rdzv", f"{net.address(0)}:{port}", *extra], logs / f"node{i}.log")
+             for i in range(2)]
+    for proc in procs:
+        proc.wait(timeout=3600)
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"training failed: {(logs / 'node0.log').read_text()[-2000:]}")
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def summarize(records: list[dict], target: float) -> dict:
+    train = [r for r in records if r["kind"] == "train"][1:]
+    evals = [r for r in records if r["kind"] == "eval"]
+    key = "accuracy"
+    reached = next((r for r in evals if r[key] >= target), None)
+    times = {r["step"]: r["time_s"] for r in records if r["kind"] == "train"}
+    return {"step_ms": 1e3 * statistics.median(r["step_s"] for r in train),
+            "exposed_ms": 1e3 * statistics.median(r.get("comm_exposed_s", 0.0) for r in train),
+            "kb_per_step": statistics.median(r.get("comm_bytes", 0) for r in train) / 1e3,
+            "ratio": statistics.median(r.get("compression_ratio", 1.0) for r in train),
+            "to_target_s": times.get(reached["step"]) if reached else None,
+            "final": evals[-1][key], "chosen": next((r.get("method") for r in records if r["kind"] == "compression"), None)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", choices=sorted(MODELS), default="mnist-cnn")
+    p.add_argument("--methods", default=METHODS)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--target", type=float, default=0.97)
+    p.add_argument("--rate", default="100mbit")
+    a = p.parse_args()
+    why_not = namespaces_available()
+    if why_not:
+        raise SystemExit(why_not)
+    job, sets = MODELS[a.model]
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        for method in a.methods.split(","):
+            net = Network(2)
+            try:
+                shape_links(net, a.rate)
+                t0 = time.perf_counter()
+                records = train(net, job, Path(d) / "run", [*sets, f"train.steps={a.steps}", f"train.eval_every={a.eval_every}",
+                                                            "train.log_every=25", "checkpoint.at_end=false",
+                                                            f"comm.hook='{method}'"], Path(d))
+                rows[method] = {**summarize(records, a.target), "wall_s": time.perf_counter() - t0}
+            finally:
+                net.close()
+            print(method, rows[method], flush=True)
+    base = rows.get("none", {}).get("to_target_s")
+    print(f"\n{a.model}, 2 namespaced machines x 1 process, {a.rate} link, {a.steps} steps, target accuracy {a.target}")
+    print("| method | step ms | exposed comm ms | KB on the wire per step | ratio | s to target | vs none | final accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, r in rows.items():
+        to = f"{r['to_target_s']:.1f}" if r["to_target_s"] else "not reached"
+        speed = f"{base / r['to_target_s']:.2f}x" if base and r["to_target_s"] else "-"
+        label = f"{method} ({r['chosen']})" if r["chosen"] else method
+        print(f"| {label} | {r['step_ms']:.1f} | {r['exposed_ms']:.1f} | {r['kb_per_step']:.1f} | {r['ratio']:.1f} | {to} | {speed} | "
+              f"{r['final']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
