@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shoal.errors import ShoalError
 
@@ -169,6 +169,25 @@ class ParallelConfig(Section):
     activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead of keeping them")
     meta_init: bool = Field(False, description="build the model on the meta device and materialize only this process's shards")
     parallelize: str = Field("", description="a hook 'package.module:function' called as f(model, mesh, config) instead of the built-in strategies")
+    batch_shares: list[float] = Field(
+        [], description="relative share of every global batch for each data-parallel rank (dp x fsdp of them), e.g. [3, 1] "
+        "(empty = equal; with balance = 'speed', the starting shares)")
+    balance: Literal["none", "speed"] = Field(
+        "none", description="speed: measure each data-parallel rank's samples per busy second and give faster ranks more of each batch")
+    balance_threshold: float = Field(0.05, ge=0.0, lt=1.0, description="balance = 'speed': re-balance only when more than this fraction of a batch would move")
+
+    @field_validator("batch_shares")
+    @classmethod
+    def _shares_are_positive(cls, shares: list[float]) -> list[float]:
+        if any(not 0 < s < float("inf") for s in shares):
+            raise ValueError("every share must be a positive number (a rank that should get nothing has no place in the job)")
+        return shares
+
+    @model_validator(mode="after")
+    def _shares_without_pipeline(self) -> ParallelConfig:
+        if (self.batch_shares or self.balance != "none") and self.pp > 1:
+            raise ValueError("batch_shares and balance need pp = 1: a pipeline fixes its micro-batch shapes at the first step")
+        return self
 
 
 class JobConfig(Section):

@@ -4,7 +4,8 @@ scope "batch": the epoch's sample order depends only on the seed; global batch k
 slice of it, and only the dealing of that batch to ranks depends on the world size. Training
 on 1, 2 or 4 processes therefore sees the same global batches, which is what makes data
 parallel numerically equal to single-process training (and lets a run resume on another
-world size).
+world size). Batch shares (`step(..., shares=)`: fixed, or following measured speed) change only
+how many of a batch's samples each rank gets, never which samples make the batch.
 
 scope "dataset": each rank owns one fixed shard of the data for the whole run (data never
 moves between nodes); global batch k is the union of every rank's k-th local slice.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shoal.data.partition import deal, rng_for
+from shoal.data.partition import deal, rng_for, split_sizes
 
 if TYPE_CHECKING:
     from shoal.config import JobConfig
@@ -62,11 +63,16 @@ class BatchPlan:
             return np.arange(self.n_samples)
         return _permutation(self.n_samples, self.seed, 0, epoch)
 
-    def step(self, epoch: int, step: int) -> list[np.ndarray]:
-        """Dataset indices of every rank at (epoch, step); the global batch is their union."""
+    def step(self, epoch: int, step: int, shares: list[float] | None = None) -> list[np.ndarray]:
+        """Dataset indices of every rank at (epoch, step); the global batch is their union. `shares` (scope "batch"
+        only; one positive number per rank, e.g. sample counts of a full batch) split every batch in proportion
+        (largest remainder); None deals equal parts."""
         if self.scope == "batch":
             batch = self.epoch_order(epoch)[step * self.global_batch : (step + 1) * self.global_batch]
-            return [batch[part] for part in deal(len(batch), self.world, self.strategy, self.seed, 2, epoch, step)]
+            sizes = None if shares is None else split_sizes(len(batch), shares)
+            return [batch[part] for part in deal(len(batch), self.world, self.strategy, self.seed, 2, epoch, step, sizes=sizes)]
+        if shares is not None:
+            raise ValueError('batch shares need partition scope "batch"')
         out = []
         for rank, shard in enumerate(_shards(self)):
             if self.shuffle:

@@ -6,8 +6,11 @@
 - SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP.
 - SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
   seconds per step in those ranks, like a slower core.
+- SHOAL_TEST_SLOW_FACTOR="1:2.0" (or "1:2.0,3:1.5") gives every rank a simulated device for the batch-balance
+  tests and benchmark: each burns SHOAL_TEST_SAMPLE_S (default 0.001) CPU seconds per sample it processes in a
+  step, times FACTOR on the ranks named (1 elsewhere), so rank 1 takes 2x as long per sample.
 
-Kill and hang fire on the first attempt only (a restarted worker lives); the slowdown lasts.
+Kill and hang fire on the first attempt only (a restarted worker lives); the slowdowns last.
 The environment is read once, when a worker builds its loop: each function returns the hook
 for that rank, and a rank no variable names gets `None` (the loop then calls nothing at all).
 """
@@ -79,6 +82,23 @@ def slow_step(rank: int) -> Hook:
     def burn(step: int) -> None:
         until = time.process_time() + seconds
         while time.process_time() < until:
+            pass
+
+    return burn
+
+
+def slow_samples(rank: int) -> Callable[[int], None] | None:
+    """Called with the samples this rank is about to compute in a step: burn this thread's CPU in proportion
+    (SHOAL_TEST_SLOW_FACTOR), like a device of that speed. Busy CPU, so the speed estimate sees it."""
+    spec = os.environ.get("SHOAL_TEST_SLOW_FACTOR")
+    if not spec:
+        return None
+    factors = {int(r): float(f) for r, f in (part.split(":") for part in spec.split(","))}
+    per_sample = float(os.environ.get("SHOAL_TEST_SAMPLE_S", "0.001")) * factors.get(rank, 1.0)
+
+    def burn(samples: int) -> None:
+        until = time.thread_time() + per_sample * samples
+        while time.thread_time() < until:
             pass
 
     return burn

@@ -62,6 +62,7 @@ class Health:
         self.timeout_s, self.log_every = cfg.dist.timeout_s, cfg.train.log_every
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.last_step, self.window_busy, self.window_steps = 0, 0.0, 0
+        self.busy_s = 0.0  # busy seconds of all steps so far (the batch balance reads it)
         self.slow_windows = np.zeros(self.group.size, dtype=int)
         self.active = self.group.size > 1 and "MASTER_ADDR" in os.environ
         self.hosts = [self.host] * self.group.size
@@ -104,7 +105,9 @@ class Health:
             yield
             if self.slow_hook is not None:
                 self.slow_hook(number)
-            self.window_busy += time.process_time() - busy0
+            busy = time.process_time() - busy0
+            self.window_busy += busy
+            self.busy_s += busy
             self.window_steps += 1
             self.last_step = number
             if self.hang_hook is not None:

@@ -7,6 +7,7 @@ that deploys is a job that trains.
 from __future__ import annotations
 
 from shoal.config import JobConfig
+from shoal.data.partition import split_sizes
 from shoal.data.plan import plan_for, total_steps
 from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
@@ -19,7 +20,9 @@ def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> P
     t = cfg.train
     dims = world if isinstance(world, ParallelDims) else check_layout(cfg.parallel, world)
     replicas = dims.dp_size  # the batch is dealt over the data-parallel ranks; tp and pp peers share theirs
-    if t.global_batch_size % (replicas * t.grad_accum):
+    if cfg.parallel.batch_shares or cfg.parallel.balance != "none":
+        check_batch_shares(cfg, replicas)  # shares of any size: no divisibility needed
+    elif t.global_batch_size % (replicas * t.grad_accum):
         raise ShoalError(
             f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum = "
             f"{replicas} x {t.grad_accum} = {replicas * t.grad_accum}; pick a multiple of {replicas * t.grad_accum}"
@@ -32,6 +35,25 @@ def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> P
             f"{t.global_batch_size}, epochs = {t.epochs}, drop_last = {cfg.data.drop_last}; raise epochs or steps, or lower the batch"
         )
     return dims
+
+
+def check_batch_shares(cfg: JobConfig, replicas: int) -> None:
+    """parallel.batch_shares / balance: one share per data-parallel rank, each getting samples of every full batch."""
+    p, batch = cfg.parallel, cfg.train.global_batch_size
+    if cfg.data.partition_scope != "batch":
+        raise ShoalError("parallel.batch_shares and parallel.balance need data.partition_scope = 'batch' "
+                         "(with 'dataset' each rank keeps a fixed shard, so its share of a batch cannot move)")
+    if p.batch_shares and len(p.batch_shares) != replicas:
+        raise ShoalError(f"parallel.batch_shares has {len(p.batch_shares)} entries; it needs one per data-parallel rank "
+                         f"(dp x fsdp = {replicas})")
+    if p.batch_shares:
+        sizes = split_sizes(batch, p.batch_shares)
+        if 0 in sizes:
+            raise ShoalError(f"parallel.batch_shares = {p.batch_shares} gives data-parallel rank {sizes.index(0)} none of the "
+                             f"{batch} samples of a batch ({sizes}); raise its share or train.global_batch_size")
+    if p.balance == "speed" and batch < replicas:
+        raise ShoalError(f"parallel.balance = 'speed' keeps at least one sample of every batch on each data-parallel rank: "
+                         f"train.global_batch_size = {batch} must be at least dp x fsdp = {replicas}")
 
 
 def check_parts(cfg: JobConfig) -> None:

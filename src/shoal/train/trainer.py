@@ -33,6 +33,7 @@ from shoal.errors import ShoalError
 from shoal.monitor import MONITORS, MonitorContext
 from shoal.run_dir import RunDir
 from shoal.sync import SyncStrategy
+from shoal.train.balance import Balance
 from shoal.train.metrics import evaluate_layout
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
@@ -104,6 +105,8 @@ class Trainer:
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
         self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
         self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
+        self.slow_test_hook = fault_injection.slow_samples(env.rank)
+        self.balance = Balance(cfg, dims, self.group, self.layout.dp_rank, lambda: self.health.busy_s, self._log, env.is_main)
         self.grad_clock = GradClock(self.layout.parameters())
         self.prefetch = Prefetcher(prefetch_wanted(cfg.data.prefetch, train_set))
 
@@ -118,7 +121,7 @@ class Trainer:
 
     def parts(self) -> dict:
         """The named stateful parts checkpoints carry besides model, optimizer, schedule and RNG."""
-        return self.sync.parts()
+        return {**self.sync.parts(), **({"balance": self.balance} if self.balance.measure else {})}
 
     def _log(self, record: dict) -> None:
         if self.run_dir is not None and self.env.is_main:
@@ -127,7 +130,7 @@ class Trainer:
     def _batches(self, index: int) -> tuple[bytes, Callable[[], list]]:
         """Step `index` (0-based)'s micro-batches on this rank: a key naming their samples, and how to load them."""
         epoch, in_epoch = divmod(index, self.plan.steps_per_epoch())
-        per_rank = self.plan.step(epoch, in_epoch)
+        per_rank = self.balance.deal(self.plan, epoch, in_epoch)  # batch shares: equal, fixed or by measured speed
         mine, total = per_rank[self.layout.dp_rank], sum(len(p) for p in per_rank)
         load = lambda: list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device))  # noqa: E731
         return Prefetcher.key(mine, total), load
@@ -140,6 +143,9 @@ class Trainer:
         if step < self.steps:
             self.prefetch.ahead(*self._batches(step))  # read while this step computes
         phases.mark("data_wait_s")
+        mine = self.balance.count(batches)
+        if self.slow_test_hook is not None:
+            self.slow_test_hook(mine)  # test-only: a slower device's compute per sample
         scale = self.dims.dp_size / batches[0].global_count
         loss_share = 0.0
         for i, mb in enumerate(batches):
@@ -231,6 +237,7 @@ class Trainer:
         self.layout.train()
         if self.dims.model_parallel:
             self._log({"kind": "layout", **self.layout.info})
+        self.balance.begin(first, self.layout, self.train_set, self.env.device, self.slow_test_hook)
         start = time.perf_counter()
         window = Window()
         seen, last_loss, last_eval = 0, float("nan"), {}
@@ -247,6 +254,7 @@ class Trainer:
             done = step + 1
             if done % cfg.log_every == 0 or done == self.steps:
                 last_loss = self.log_window(window, done, epoch, start)
+                self.balance.after_log(done)
                 window = Window()
             if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and done % spe == 0) or done == self.steps:
                 window.pause()  # throughput counts training, not evaluation
