@@ -65,4 +65,4 @@ class Compressor:
         pass
 
 
-COMPRESSORS: Registry[type[Compressor]] = Registry("compressor", "comm.hook")
+COMPRESSORS: Registry[type[Compressor]] = Registry("compressor", "comm.compression (or comm.hook)")

@@ -53,7 +53,7 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
         if p.activation_checkpointing:
             recompute.apply(m)
         if dims.dp_size > 1:
-            sharded.apply(m, dims.dp_mesh, reshard_after_forward=split is None)
+            sharded.apply(m, dims.dp_mesh, reshard_after_forward=split is None, compression=cfg.comm.compression)
     if is_meta(modules):
         materialize(modules, model, env.device)
     if split is None:
