@@ -85,7 +85,7 @@ def main() -> None:
                 shape_links(net, a.rate)
                 t0 = time.perf_counter()
                 records = train(net, job, Path(d) / "run", [*sets, f"train.steps={a.steps}", f"train.eval_every={a.eval_every}",
-                                                            "train.log_every=25", "checkpoint.at_end=false",
+                                                            f"train.log_every={a.eval_every}", "checkpoint.at_end=false",
                                                             f"comm.hook='{method}'"], Path(d))
                 rows[method] = {**summarize(records, a.target), "wall_s": time.perf_counter() - t0}
             finally:

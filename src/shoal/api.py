@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from shoal import config as config_mod
 from shoal import sync as sync_mod
+from shoal.checkpoint import read_marker
 from shoal.config import JobConfig
 from shoal.data import check_samples
 from shoal.distributed import DistEnv, init_distributed
@@ -76,6 +77,8 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     origin = None if _model_from_job else describe_origin(model, train_set, eval_set)
     start = start_run(cfg, env, out, overwrite, resume, restarted, _run_id, origin)  # locks, checks; writes nothing yet
     checkpoints, resume_from, run_dir = start.checkpoints, start.resume_from, start.run_dir
+    if resume_from is not None:
+        sync.before_resume(read_marker(resume_from))
     if run_dir is not None:
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly

@@ -92,8 +92,8 @@ class TrainConfig(Section):
 class CommConfig(Section):
     """Gradient compression on the data-parallel gradient reduce (docs/compression.md)."""
 
-    compression: str = Field("none", description="gradient compression: none | fp16 | bf16 | topk | randk | qsgd | int8 | powersgd, "
-                             "or one a plugin registers (`comm.hook` is its old name, still accepted)")
+    compression: str = Field("none", description="gradient compression: none | fp16 | bf16 | topk | randk | qsgd | int8 | powersgd | "
+                             "auto (measures link and compute at start, then picks), or one a plugin registers (`comm.hook`: its old name)")
     topk_ratio: float = Field(0.01, gt=0.0, le=1.0, description="topk, randk: share of each gradient tensor's entries sent per step (at least one)")
     qsgd_levels: int = Field(127, ge=1, le=32767, description="qsgd: quantization levels s per sign (up to 127 travel in one byte, up to 32767 in two)")
     error_feedback: bool = Field(True, description="topk, randk: add what a step did not send to the next step's gradient")

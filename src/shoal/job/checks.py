@@ -64,7 +64,8 @@ def check_parts(cfg: JobConfig) -> None:
 
     import_plugins(cfg.plugins)
     SYNC.get(cfg.sync)
-    COMPRESSORS.get(cfg.comm.hook)
+    if cfg.comm.compression != "auto":  # auto picks among the registered ones at start
+        COMPRESSORS.get(cfg.comm.compression)
     for name in cfg.log.monitors:
         MONITORS.get(name)
 

@@ -19,7 +19,7 @@ from shoal.parallel import pipeline, recompute, sharded, tensor
 from shoal.parallel.layout import Layout, MicroLoss, Pipelined, Replicated, Sharded
 from shoal.parallel.materialize import is_meta, materialize
 
-Wrap = Callable[[nn.Module], nn.Module]
+Wrap = Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
 def _user_hook(model: nn.Module, dims: ParallelDims, env: DistEnv, cfg: JobConfig, keys: list[str]) -> Layout:
@@ -43,7 +43,7 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
             materialize([model], model, env.device)
         if p.activation_checkpointing:
             recompute.apply(model)
-        return Replicated([wrap(model)], dims, env, keys)
+        return Replicated([wrap(model, sample)], dims, env, keys)
     split = pipeline.choose_split(model, sample.to("meta") if is_meta([model]) else sample, dims, p) if dims.pp > 1 else None
     if dims.tp > 1:
         tensor.apply(model, dims.submesh("tp"), p)

@@ -6,9 +6,10 @@ layouts reduce inside FSDP and DTensor, so there is nothing left to do here.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from shoal.compress import COMPRESSORS, Compressor
+from shoal.compress import COMPRESSORS, Compressor, auto
 from shoal.errors import ShoalError
 from shoal.parallel import ddp, sharded
 from shoal.sync.base import SYNC, SyncContext, SyncStrategy
@@ -21,19 +22,45 @@ class AllReduce(SyncStrategy):
     def __init__(self, ctx: SyncContext):
         super().__init__(ctx)
         comm, dims = ctx.cfg.comm, ctx.dims
-        if dims.model_parallel and comm.compression not in ("none", *sharded.REDUCE_DTYPES):
+        if dims.model_parallel and comm.compression not in ("none", "auto", *sharded.REDUCE_DTYPES):
             raise ShoalError(f"comm.compression = '{comm.compression}' works on DDP's all-reduce, which layout {dims.describe()} does not use "
                              f"(parallel.fsdp, tp or pp > 1): there only none, fp16 and bf16 (FSDP's reduce dtype) apply")
         method = "none" if dims.model_parallel else comm.compression  # there fp16/bf16 are FSDP's reduce dtype (parallel/sharded.py)
+        self.auto = method == "auto"
+        if self.auto:  # chosen in wrap: measured, or the choice the checkpoint of a restart recorded
+            method = "none"
+        self.method = method
         self.compressor: Compressor = COMPRESSORS.get(method)(comm, ctx.group.group)
+        self.pending: list[dict] = []
 
     window_steps = 0
     grad_bytes = 0  # what DDP's own fp32 all-reduce sends per step (no compressor hook to count it)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
+        if self.auto and "compression" in self.resumed:
+            self.method = self.resumed["compression"]
+            self.compressor = COMPRESSORS.get(self.method)(self.ctx.cfg.comm, self.ctx.group.group)
+        elif self.auto and self.ctx.group.size > 1 and sample is not None:
+            self._choose(model.to(self.ctx.env.device), sample.to(self.ctx.env.device))
         if self.ctx.group.size > 1:
             self.grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         return ddp.apply(model, self.ctx.env, self.compressor, self.ctx.cfg.comm.bucket_mb)
+
+    def _choose(self, model: nn.Module, sample: torch.Tensor) -> None:
+        comm = self.ctx.cfg.comm
+        found = auto.measure(model, sample, self.ctx.cfg.train.grad_accum, self.ctx.group)
+        predicted = auto.predict(found, model, comm)
+        self.method, why = auto.choose(predicted, found)
+        self.compressor = COMPRESSORS.get(self.method)(comm, self.ctx.group.group)
+        self.pending.append({"kind": "compression", "method": self.method, "why": why, "measured": found,
+                             "predicted_step_s": predicted, "message": f"comm.compression = auto chose {self.method}: {why}"})
+
+    def events(self) -> list[dict]:
+        out, self.pending = self.pending, []
+        return out
+
+    def checkpoint_meta(self) -> dict:
+        return {"compression": self.method} if self.auto else {}
 
     def after_step(self, step: int, layout) -> None:
         self.window_steps += 1

@@ -1,12 +1,14 @@
 """SyncStrategy: how replicas agree on one update. The trainer calls its hooks in this order, every step:
 
-    wrap(model)                         once, before training (e.g. DDP around a replica)
+    wrap(model, sample)                 once, before training (e.g. DDP around a replica); sample: one micro-batch
     forward/backward per micro-batch    the layout defers gradient reduction to the last one
     after_backward(layout)              gradients are complete on this rank
     grad_norm(layout, max_norm)         clip; the returned norm is the same on every training rank
     step(optimizer)                     apply the update
     after_step(step, layout)            e.g. average parameters every H steps
     stats()                             fields for the training record, at log steps
+    events()                            records of their own for metrics.jsonl (e.g. a choice made), at log steps
+    checkpoint_meta()                   what a restart must know before `wrap`; handed back through `before_resume(meta)`
     state_dict() / load_state_dict()    in every checkpoint, with `parts()`
 
 A new strategy is one file with `@SYNC.register("name")` on its class; the job picks it with
@@ -43,10 +45,11 @@ class SyncStrategy:
 
     def __init__(self, ctx: SyncContext):
         self.ctx = ctx
+        self.resumed: dict[str, Any] = {}  # the checkpoint_meta() of the checkpoint this run continues from
         if ctx.dims.model_parallel and not self.supports_model_parallel:
             raise ShoalError(f"sync = '{ctx.cfg.sync}' needs parallel.fsdp = tp = pp = 1 (layout here: {ctx.dims.describe()})")
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         """A whole replica (plain data parallel); model-parallel layouts are built by `parallel.build`."""
         return model.to(self.ctx.env.device)
 
@@ -67,6 +70,16 @@ class SyncStrategy:
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def events(self) -> list[dict[str, Any]]:
+        return []
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def before_resume(self, meta: dict[str, Any]) -> None:
+        """Called before `wrap` when the run continues from a checkpoint, with the marker it wrote."""
+        self.resumed = meta
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -176,7 +176,7 @@ class Trainer:
 
     def save_checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
-        meta = {"layout": self.dims.describe(), "job": self.cfg.name}
+        meta = {"layout": self.dims.describe(), "job": self.cfg.name, **self.sync.checkpoint_meta()}
         path = self.checkpoints.save(step, self.layout.modules, self.optimizer, self.scheduler, meta,
                                      fault=fault_injection.kill_before_commit(self.env.rank), parts=self.parts())
         self._log({"kind": "checkpoint", "step": step, "path": str(path), "save_s": time.perf_counter() - t0})
@@ -216,12 +216,21 @@ class Trainer:
         """One training record for the steps since the previous one; returns their global mean loss."""
         loss_sum, = self.group.sum([window.loss])
         loss, rate = loss_sum / window.steps, window.samples / window.elapsed()
+        self.log_events(step)
         signals = {k: v for monitor in self.monitors for k, v in monitor.record().items()}  # collectives: every rank
         self._log({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                    "samples_per_s": rate, **window.phases.means(window.steps), "time_s": time.perf_counter() - start,
                    **self.sync.stats(), **signals})
         self.progress.update(step, f"loss {loss:.4f}  {rate:,.0f} samples/s")
         return loss
+
+    def log_events(self, step: int) -> None:
+        """Records the sync strategy made of its own (a choice, a change of shares): in metrics.jsonl and on the console."""
+        for event in self.sync.events():
+            message = event.pop("message", None)
+            self._log({"step": step, **event})
+            if message:
+                self.progress.note(message)
 
     def evaluate_and_log(self, step: int, epoch: int) -> dict[str, float]:
         result = self.evaluate()
@@ -233,6 +242,7 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
         first = self.resume() if self.resume_from is not None else 0
+        self.log_events(first)  # choices made while building (comm.compression = auto)
         every = self.cfg.checkpoint.every if self.checkpoints is not None else 0
         self.layout.train()
         if self.dims.model_parallel:
