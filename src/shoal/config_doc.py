@@ -19,5 +19,5 @@ def _rows(model: type[BaseModel], prefix: str = ""):
 def render_markdown() -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, desc in _rows(JobConfig):
-        lines.append(f"| `{key}` | `{default!r}` | {desc} |")
+        lines.append(f"| `{key}` | `{default!r}` | {desc.replace('|', chr(92) + '|')} |")  # a bare | would end the cell
     return "\n".join(lines)
