@@ -20,5 +20,6 @@ bench: setup
 	.venv/bin/python benchmarks/bench_mnist.py
 	.venv/bin/python benchmarks/bench_checkpoint.py
 	.venv/bin/python benchmarks/bench_layouts.py all
+	.venv/bin/python benchmarks/bench_balance.py
 	.venv/bin/python benchmarks/bench_prep.py
 	.venv/bin/python benchmarks/bench_node_restart.py
