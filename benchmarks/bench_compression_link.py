@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.97)
     p.add_argument("--rate", default="100mbit")
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still tears its namespaces down
     why_not = namespaces_available()
     if why_not:
         raise SystemExit(why_not)
