@@ -47,7 +47,10 @@ def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> li
     for proc in procs:
         proc.wait(timeout=3600)
     if any(p.returncode for p in procs):
-        raise SystemExit(f"training failed: {(logs / 'node0.log').read_text()[-2000:]}")
+        kept = Path(tempfile.mkdtemp(prefix="shoal-link-failed-"))
+        for node_log in logs.glob("node*.log"):
+            node_log.rename(kept / node_log.name)
+        raise SystemExit(f"training failed (exit codes {[p.returncode for p in procs]}); node logs kept in {kept}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

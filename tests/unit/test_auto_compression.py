@@ -59,3 +59,15 @@ def test_a_restart_keeps_the_choice_its_checkpoint_recorded():
     strategy.wrap(torch.nn.Linear(4, 2), torch.zeros(2, 4))
     assert strategy.method == "fp16" and type(strategy.compressor).__name__ == "Float16"
     assert strategy.checkpoint_meta() == {"compression": "fp16"}  # and the next checkpoint records it again
+
+
+def test_powersgd_gets_one_ddp_bucket_so_ranks_issue_its_collectives_in_one_order():
+    from shoal.compress import COMPRESSORS
+    from shoal.parallel import ddp
+
+    env = init_distributed()
+    big = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 1024))  # 8 MB: several default buckets
+    wrapped = ddp.apply(big, env, COMPRESSORS.get("powersgd")(CommConfig(compression="powersgd")))
+    assert wrapped.bucket_bytes_cap >= sum(p.numel() * 4 for p in big.parameters())
+    plain = ddp.apply(torch.nn.Sequential(torch.nn.Linear(8, 8)), env, COMPRESSORS.get("fp16")(CommConfig(compression="fp16")))
+    assert plain.bucket_bytes_cap == 25 * 2**20  # the others keep DDP's sizes

@@ -20,6 +20,9 @@ class Compressor:
     """The default `reduce` is encode -> all_reduce (sum) -> decode; methods with other collectives override it."""
 
     uses_hook = True  # False: DDP's own all-reduce is left alone (nothing to encode)
+    # True when `reduce` issues further collectives from a future's callback (torch's PowerSGD does): with several
+    # buckets in flight, ranks could then issue them in different orders (gloo: "Received data size doesn't match").
+    one_bucket = False
 
     def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
         self.cfg, self.group = cfg, group

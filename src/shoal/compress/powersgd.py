@@ -55,6 +55,7 @@ SIZES = {"error_dict": lambda s: s.numel, "p_memory_dict": lambda s: s.n * s.ran
 
 @COMPRESSORS.register("powersgd")
 class PowerSGD(Compressor):
+    one_bucket = True  # torch's hook all-reduces Q from the callback of P's all-reduce
     def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
         super().__init__(cfg, group)
         self.state = powerSGD_hook.PowerSGDState(
