@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/python -m pytest -q
 
-# Every benchmark of BENCHMARKS.md (about an hour on 2 cores); bench_node_restart.py needs root.
+# Every benchmark of BENCHMARKS.md (about 1.5 hours on 2 cores); bench_node_restart.py and bench_compression_link.py need root.
 bench: setup
 	.venv/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
 	.venv/bin/python benchmarks/bench_overhead.py
@@ -21,5 +21,8 @@ bench: setup
 	.venv/bin/python benchmarks/bench_checkpoint.py
 	.venv/bin/python benchmarks/bench_layouts.py all
 	.venv/bin/python benchmarks/bench_balance.py
+	.venv/bin/python benchmarks/bench_steptime.py
 	.venv/bin/python benchmarks/bench_prep.py
 	.venv/bin/python benchmarks/bench_node_restart.py
+	.venv/bin/python benchmarks/bench_compression_link.py
+	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,int8,powersgd,auto --steps 160 --eval-every 40 --target 0.35
