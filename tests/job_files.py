@@ -7,3 +7,21 @@ def digits_mlp(name: str, rest: str, *, seed: int | None = None, data: str = "")
     """Job-file text: `data` adds keys to [data], `rest` holds the sections that follow it."""
     head = f'name = "{name}"\n' + (f"seed = {seed}\n" if seed is not None else "")
     return head + '[model]\nname = "mlp"\nhidden = [16]\n[data]\nname = "digits"\nlimit_train = 300\n' + data + rest
+
+
+def restart_job(method: str, keys: str = "") -> str:
+    """The 14-step job the SIGKILL-restart tests kill at step 6 (checkpoints every 4) for each compression method."""
+    return digits_mlp(method, f"""
+[optimizer]
+name = "sgd"
+lr = 0.05
+[train]
+global_batch_size = 32
+steps = 14
+log_every = 1
+[comm]
+compression = "{method}"
+{keys}
+[checkpoint]
+every = 4
+""", seed=3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dp_workers
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from given_grads import Given
 from shoal.compress import COMPRESSORS, install
 from shoal.config import CommConfig
 from shoal.distributed.env import init_distributed
@@ -38,17 +38,6 @@ def train(names: list[str]) -> dict:
         full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in result["params"].items()}  # collective under FSDP
         out[name] = {**result, "params": full}
     return out
-
-
-class Given(nn.Module):
-    """loss = sum_i <p_i, g_i>: each parameter's gradient is what the step passes in."""
-
-    def __init__(self, *shapes):
-        super().__init__()
-        self.ps = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in shapes])
-
-    def forward(self, grads):
-        return sum((p * g).sum() for p, g in zip(self.ps, grads))
 
 
 def means() -> dict[str, float]:

@@ -8,7 +8,7 @@ import compress_workers
 import pytest
 import torch
 
-from job_files import digits_mlp
+from job_files import restart_job
 from runs import records, shoal_train, weights
 from shoal.launch.local import launch_local
 
@@ -60,23 +60,6 @@ def test_fp16_and_bf16_are_fsdps_reduce_dtype(trained, cast):
     diff = max_diff(trained[f"fsdp_{cast}"]["params"], exact)
     assert 1e-4 < diff < 5e-3 and diff == pytest.approx(max_diff(trained[cast]["params"], trained["none"]["params"]), rel=0.2)
     assert trained[f"fsdp_{cast}"]["eval"]["accuracy"] >= trained["fsdp_none"]["eval"]["accuracy"] - 0.01
-
-
-def restart_job(method: str, keys: str) -> str:
-    return digits_mlp(method, f"""
-[optimizer]
-name = "sgd"
-lr = 0.05
-[train]
-global_batch_size = 32
-steps = 14
-log_every = 1
-[comm]
-compression = "{method}"
-{keys}
-[checkpoint]
-every = 4
-""", seed=3)
 
 
 @pytest.mark.parametrize("method,keys", [("topk", "topk_ratio = 0.05"), ("randk", "topk_ratio = 0.05"), ("qsgd", "qsgd_levels = 15")])

@@ -12,26 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from job_files import digits_mlp
+from job_files import digits_mlp, restart_job
 from runs import records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
-POWERSGD = digits_mlp("psgd", """
-[optimizer]
-name = "sgd"
-lr = 0.05
-[train]
-global_batch_size = 32
-steps = 14
-log_every = 1
-[comm]
-hook = "powersgd"
-powersgd_rank = 1
-powersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on
-[checkpoint]
-every = 4
-""", seed=3)
+POWERSGD = restart_job("powersgd", "powersgd_rank = 1\npowersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on")
 
 TOY_SYNC = textwrap.dedent('''
     """A toy strategy: no gradient all-reduce at all; after every step each rank's parameters are averaged."""

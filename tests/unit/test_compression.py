@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from given_grads import Given
 from shoal.compress import COMPRESSORS, install
 from shoal.compress.feedback import Piece
 from shoal.compress.qsgd import CHUNK, dequantize, quantize, rows_for
@@ -31,17 +31,6 @@ def world_of_one():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
-
-
-class Given(nn.Module):
-    """Parameters whose gradient is whatever the step passes in: loss = sum_i <p_i, g_i>."""
-
-    def __init__(self, *shapes):
-        super().__init__()
-        self.ps = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in shapes])
-
-    def forward(self, grads):
-        return sum((p * g).sum() for p, g in zip(self.ps, grads))
 
 
 def compressed(method: str, *shapes, **comm):

@@ -43,10 +43,12 @@ def _timed(fn: Callable[[], object], repeats: int = 5) -> float:
 
 def _compute_s(model: nn.Module, sample: torch.Tensor, accum: int) -> float:
     """Forward and backward of one micro-batch, leaving no trace: RNG, buffers (batch-norm statistics), gradients."""
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if not isinstance(v, nn.Parameter)}
+    buffers = [(b, b.clone()) for b in model.buffers()]  # parameters only get gradients; buffers may be updated in place
     with torch.random.fork_rng(devices=[]):
         seconds = _timed(lambda: model(sample).float().square().mean().backward(), repeats=3)
-    model.load_state_dict(buffers, strict=False)
+    with torch.no_grad():
+        for live, saved in buffers:
+            live.copy_(saved)
     for p in model.parameters():
         p.grad = None
     return seconds * accum

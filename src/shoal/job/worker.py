@@ -14,7 +14,6 @@ from shoal.data import load as load_data
 from shoal.errors import ShoalError
 from shoal.models import build_model
 from shoal.models.gpt import lm_loss
-from shoal.plugins import import_plugins
 from shoal.train.process import tune_process
 
 
@@ -22,7 +21,6 @@ def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bo
             run_id: str | None = None) -> dict[str, Any]:
     """Build the job's data and model, then train them with `fit`: the job file defines the model. `run_id`: the
     launcher's (every attempt of one job shares it); None lets rank 0 decide."""
-    import_plugins(cfg.plugins)
     tune_process(cfg)  # a worker owns its process; a library caller of fit keeps theirs
     splits = load_data(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
