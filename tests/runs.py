@@ -24,3 +24,19 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 def records(run: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def killed_run_matches_uninterrupted(job_text: str, tmp_path: Path, part: str = "compressor") -> Path:
+    """Run a 2-process job twice, once with rank 1 SIGKILLed after step 6 and restarted: the restart resumes from
+    step 4 with `part` restored and ends bit-identical (weights and every loss). Returns the uninterrupted run."""
+    job = tmp_path / "job.toml"
+    job.write_text(job_text)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    shoal_train(job, ref, "--nproc", "2")
+    shoal_train(job, out, "--nproc", "2", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
+    resumed = records(out, "resume")
+    assert resumed and resumed[0]["step"] == 4 and part in resumed[0]["parts"], resumed
+    a, b = weights(ref), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
+    return ref

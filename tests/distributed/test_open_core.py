@@ -10,10 +10,9 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from job_files import digits_mlp, restart_job
-from runs import records, shoal_train, weights
+from runs import killed_run_matches_uninterrupted, records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
@@ -50,16 +49,7 @@ TOY_SYNC = textwrap.dedent('''
 
 
 def test_powersgd_state_survives_a_sigkill_restart_bit_identically(tmp_path):
-    job = tmp_path / "job.toml"
-    job.write_text(POWERSGD)
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    shoal_train(job, ref, "--nproc", "2")
-    shoal_train(job, out, "--nproc", "2", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
-    resumed = records(out, "resume")
-    assert resumed and resumed[0]["step"] == 4 and "compressor" in resumed[0]["parts"], resumed
-    a, b = weights(ref), weights(out)
-    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
-    assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
+    ref = killed_run_matches_uninterrupted(POWERSGD, tmp_path)
     wire = [r["comm_bytes"] for r in records(ref, "train")]
     assert wire[0] > wire[-1] > 0, wire  # compression on the wire after warm-up, counted per step
 
