@@ -4,29 +4,56 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shoal.errors import ShoalError
 
+# Bounds every numeric field keeps, whatever its own: torch and numpy take int64 at most, and a float must be finite.
+MAX_INT = 2**53
+Width = Annotated[int, Field(ge=1, le=2**24)]  # a layer's width or channel count
+Unit = Annotated[float, Field(ge=0.0, lt=1.0)]  # an Adam beta
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+def _too_large(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > MAX_INT
+    if isinstance(value, (list, tuple)):
+        return any(_too_large(v) for v in value)
+    if isinstance(value, dict):
+        return any(_too_large(v) for v in value.values())
+    return False
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every section: unknown keys refused, floats finite (no inf, no nan), integers at most 2**53 in size."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_int64(cls, value: Any) -> Any:
+        if _too_large(value):
+            raise ValueError("out of range: integers here must lie within +-2**53")
+        return value
 
 
 class ModelConfig(Section):
     """Which network to train."""
 
     name: str = Field("mlp", description="built-in `mlp`, `cnn` or `gpt`, or a factory `package.module:function`")
-    hidden: list[int] = Field([128], description="mlp: widths of the hidden layers")
-    channels: list[int] = Field([16, 32], description="cnn: channels of its two conv layers")
+    hidden: list[Width] = Field([128], max_length=1024, description="mlp: widths of the hidden layers")
+    channels: list[Width] = Field([16, 32], min_length=2, max_length=2, description="cnn: channels of its two conv layers")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier (0 keeps runs exactly reproducible across world sizes)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments passed to a factory")
-    layers: int = Field(4, ge=1, description="gpt: transformer blocks")
-    dim: int = Field(128, ge=1, description="gpt: model width")
-    heads: int = Field(4, ge=1, description="gpt: attention heads (must divide dim, and be divisible by parallel.tp)")
-    mlp_ratio: int = Field(4, ge=1, description="gpt: MLP width / model width")
+    layers: int = Field(4, ge=1, le=4096, description="gpt: transformer blocks")
+    dim: int = Field(128, ge=1, le=2**20, description="gpt: model width")
+    heads: int = Field(4, ge=1, le=2**16, description="gpt: attention heads (must divide dim, and be divisible by parallel.tp)")
+    mlp_ratio: int = Field(4, ge=1, le=1024, description="gpt: MLP width / model width")
     tie_head: bool = Field(False, description="gpt: share the embedding matrix with the output head (not with parallel.pp > 1)")
 
 
@@ -48,10 +75,10 @@ class DataConfig(Section):
     )
     shuffle: bool = Field(True, description="reshuffle the sample order every epoch (seeded)")
     drop_last: bool = Field(False, description="drop the final global batch when it is smaller than the rest")
-    synthetic_samples: int = Field(4096, ge=1, description="synthetic: number of samples")
-    synthetic_features: int = Field(32, ge=1, description="synthetic: features per sample")
-    synthetic_classes: int = Field(4, ge=2, description="synthetic: number of classes")
-    seq_len: int = Field(64, ge=1, description="shakespeare: characters per training sequence")
+    synthetic_samples: int = Field(4096, ge=1, le=100_000_000, description="synthetic: number of samples")
+    synthetic_features: int = Field(32, ge=1, le=2**20, description="synthetic: features per sample")
+    synthetic_classes: int = Field(4, ge=2, le=2**20, description="synthetic: number of classes")
+    seq_len: int = Field(64, ge=1, le=2**20, description="shakespeare: characters per training sequence")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's batch in a background thread (auto: for index-based data sets, whose "
         "samples draw no random numbers)")
@@ -63,7 +90,7 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     nesterov: bool = Field(False, description="sgd only")
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw only")
+    betas: tuple[Unit, Unit] = Field((0.9, 0.999), description="adamw only: each in [0, 1)")
     eps: float = Field(1e-8, gt=0.0, description="adamw only")
 
 
@@ -81,7 +108,7 @@ class TrainConfig(Section):
     clip_grad_norm: float = Field(0.0, ge=0.0, description="clip the global gradient norm to this (0 = off)")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end of every epoch)")
     log_every: int = Field(10, ge=1, description="write a training record every N steps")
-    threads: int = Field(0, ge=0, description="torch threads per process (0 = cores / processes)")
+    threads: int = Field(0, ge=0, le=4096, description="torch threads per process (0 = cores / processes)")
     keep_freed_memory: bool = Field(
         True, description="Linux/glibc: keep freed memory in the heap between steps instead of page-faulting it back each step")
     on_nonfinite: Literal["fail", "skip", "rollback"] = Field(
@@ -119,9 +146,43 @@ class CommConfig(Section):
         return self.compression
 
 
+class PSConfig(Section):
+    """sync = "param_server": servers hold the parameters and run the optimizer; workers push gradients (docs/averaging.md)."""
+
+    servers: int = Field(1, ge=1, le=64, description="ranks that serve parameters (the first ones); the rest are workers, sharded by size over the servers")
+    mode: Literal["sync", "async", "ssp"] = Field("sync", description="sync: every worker's gradient of a step applied together (equals data "
+                                                  "parallel); async: each push applied on arrival; ssp: at most `staleness` steps ahead of the slowest")
+    staleness: int = Field(2, ge=0, le=1_000_000, description="ssp: how many steps a worker may run ahead of the slowest worker")
+
+
+class AverageConfig(Section):
+    """sync = "average": each rank trains `every` local steps, then parameters are averaged (local SGD, DiLoCo)."""
+
+    every: int = Field(8, ge=1, le=1_000_000, description="local optimizer steps between two averagings (H)")
+    weights: Literal["equal", "samples", "score"] = Field("equal", description="equal; samples: by each rank's samples since the "
+                                                          "last averaging; score: by each rank's accuracy on `score_samples` evaluation samples")
+    score_samples: int = Field(512, ge=1, le=10_000_000, description="weights = score: evaluation samples each rank scores its replica on")
+    outer: Literal["none", "diloco"] = Field("none", description="diloco: the averaged change is a pseudo-gradient for an outer Nesterov SGD")
+    outer_lr: float = Field(0.7, gt=0.0, le=100.0, description="diloco: outer learning rate (1 with outer_momentum 0 is plain averaging)")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="diloco: outer Nesterov momentum")
+
+
+class FederatedConfig(Section):
+    """sync = "federated": FedAvg; each rank is a client that reads only its own data, and only parameters travel."""
+
+    rounds: int = Field(10, ge=1, le=1_000_000, description="communication rounds (they replace train.epochs and train.steps)")
+    local_epochs: int = Field(1, ge=1, le=100_000, description="epochs over its own data a client trains in each round")
+    clients_per_round: int = Field(0, ge=0, le=1_000_000, description="clients sampled each round (seeded); 0 = every client")
+    split: Literal["iid", "label_skew", "dirichlet"] = Field("iid", description="how samples are dealt to clients: iid; label_skew: "
+                                                             "`labels_per_client` classes each; dirichlet: class shares drawn with concentration `alpha`")
+    labels_per_client: int = Field(2, ge=1, le=1_000_000, description="split = label_skew: classes each client holds")
+    alpha: float = Field(0.5, gt=0.0, le=1e6, description="split = dirichlet: concentration (small: skewed, large: near iid)")
+    prox_mu: float = Field(0.0, ge=0.0, le=1e6, description="> 0: FedProx, adds mu/2 |w - w_round|^2 to each client's loss")
+
+
 class DistConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl with CUDA, gloo otherwise")
-    timeout_s: float = Field(300.0, gt=0.0, description="seconds a collective may wait before the job fails")
+    timeout_s: float = Field(300.0, gt=0.0, le=31_536_000.0, description="seconds a collective may wait before the job fails (at most a year)")
 
 
 class CheckpointConfig(Section):
@@ -137,7 +198,7 @@ class CheckpointConfig(Section):
 class HealthConfig(Section):
     """Heartbeats, straggler reports and named hangs (see src/shoal/distributed/health.py)."""
 
-    heartbeat_s: float = Field(1.0, ge=0.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
+    heartbeat_s: float = Field(1.0, ge=0.0, le=86400.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
     straggler_threshold: float = Field(1.5, gt=1.0, description="a rank busy longer than this x the other ranks' median per step is slow")
     straggler_windows: int = Field(3, ge=1, description="log windows in a row a rank must be slow before it is named a straggler")
 
@@ -145,7 +206,10 @@ class HealthConfig(Section):
 class LogConfig(Section):
     """What every training record carries besides loss and throughput."""
 
-    monitors: list[str] = Field(["memory"], description="signals added to each training record (memory: parameter/optimizer state and peak RSS per rank)")
+    monitors: list[str] = Field(["memory", "system", "mfu"], description="signals added to each training record (memory: parameter/optimizer "
+                                "state and peak RSS per rank; system: CPU, memory, network bytes and step time per rank; mfu: model FLOPs "
+                                "utilization against the measured matmul peak)")
+    tensorboard: bool = Field(False, description="also write the records' numbers as TensorBoard scalars in RUN_DIR/tensorboard")
 
 
 class ParallelConfig(Section):
@@ -161,7 +225,7 @@ class ParallelConfig(Section):
     pp_split: list[str] = Field([], description="module names that begin a new stage (empty = balanced automatically)")
     pp_balance: Literal["cost", "time", "layers"] = Field(
         "cost", description="automatic split by estimated FLOPs+parameters, measured time, or equal layer count")
-    pp_speeds: list[float] = Field([], description="relative speed of each pipeline rank (empty = equal; with pp_measure_speed, measured)")
+    pp_speeds: list[Positive] = Field([], description="relative speed of each pipeline rank (empty = equal; with pp_measure_speed, measured)")
     pp_measure_speed: bool = Field(False, description="measure each pipeline rank's matmul speed and give faster ranks more layers")
     tp_plan: dict[str, Literal["colwise", "rowwise", "sequence"]] = Field(
         {}, description="module path -> style (empty = the model's own plan, or colwise/rowwise pairs of its Linear layers)")
@@ -194,9 +258,10 @@ class JobConfig(Section):
     """A whole job. Every field has a default, so an empty file is a valid (tiny) job."""
 
     name: str = Field("job", description="a label for the run")
-    seed: int = Field(0, description="seeds model init, data order and partitioning")
-    nproc: int = Field(1, ge=1, description="worker processes on this machine")
-    sync: str = Field("allreduce", description="how replicas agree on an update: allreduce (DDP, FSDP, TP, PP), or one a plugin registers")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds model init, data order and partitioning (0 .. 2**32 - 1)")
+    nproc: int = Field(1, ge=1, le=1024, description="worker processes on this machine")
+    sync: str = Field("allreduce", description="how replicas agree on an update: allreduce (DDP, FSDP, TP, PP), param_server, "
+                      "average (local SGD, DiLoCo), federated (FedAvg, FedProx), or one a plugin registers")
     plugins: list[str] = Field([], description="modules imported in every process first: your sync strategies, compressors, monitors register there")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -204,6 +269,9 @@ class JobConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     comm: CommConfig = CommConfig()
+    ps: PSConfig = PSConfig()
+    average: AverageConfig = AverageConfig()
+    federated: FederatedConfig = FederatedConfig()
     dist: DistConfig = DistConfig()
     health: HealthConfig = HealthConfig()
     parallel: ParallelConfig = ParallelConfig()

@@ -1,6 +1,9 @@
 """SyncStrategy: how replicas agree on one update. The trainer calls its hooks in this order, every step:
 
+    batch_plan(train_set) / total_steps once: which samples each rank reads at each step (federated: its own only)
     wrap(model, sample)                 once, before training (e.g. DDP around a replica); sample: one micro-batch
+    attach(layout, optimizer, ...)      once, after the optimizer is built (local updates keep per-rank state)
+    loss_scale(mine, total)             every step: the factor of this rank's loss sum (global mean by default)
     forward/backward per micro-batch    the layout defers gradient reduction to the last one
     after_backward(layout)              gradients are complete on this rank
     grad_norm(layout, max_norm)         clip; the returned norm is the same on every training rank
@@ -24,6 +27,8 @@ import torch
 from torch import nn
 
 from shoal.config import JobConfig
+from shoal.data import BatchPlan, plan_for
+from shoal.data import total_steps as steps_of_plan
 from shoal.distributed import DistEnv
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import ParallelDims
@@ -48,6 +53,21 @@ class SyncStrategy:
         self.resumed: dict[str, Any] = {}  # the checkpoint_meta() of the checkpoint this run continues from
         if ctx.dims.model_parallel and not self.supports_model_parallel:
             raise ShoalError(f"sync = '{ctx.cfg.sync}' needs parallel.fsdp = tp = pp = 1 (layout here: {ctx.dims.describe()})")
+
+    def batch_plan(self, n_samples: int, dataset) -> BatchPlan:
+        """Which samples each data-parallel rank reads at each step; `dataset` for plans that deal by label."""
+        return plan_for(self.ctx.cfg, n_samples, self.ctx.dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
+
+    def total_steps(self, plan: BatchPlan) -> int:
+        return steps_of_plan(self.ctx.cfg, plan)
+
+    def loss_scale(self, mine: int, total: int) -> float:
+        """Factor of this rank's loss sum over `mine` samples of a `total`-sample global batch. The reduce averages
+        over ranks, so dp / total makes the update the exact global-batch mean; local updates use 1 / mine."""
+        return self.ctx.dims.dp_size / total
+
+    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
+        pass
 
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         """A whole replica (plain data parallel); model-parallel layouts are built by `parallel.build`."""

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from shoal import parallel
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
-from shoal.data import fetch, microbatches, plan_for, total_steps
+from shoal.data import fetch, microbatches
 from shoal.data.prefetch import Prefetcher
 from shoal.data.prefetch import wanted as prefetch_wanted
 from shoal.distributed import DistEnv, fault_injection
@@ -31,6 +31,7 @@ from shoal.distributed.health import Health
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
 from shoal.monitor import MONITORS, MonitorContext
+from shoal.monitor.tensorboard import Scalars
 from shoal.run_dir import RunDir
 from shoal.sync import SyncStrategy
 from shoal.train.balance import Balance
@@ -94,14 +95,16 @@ class Trainer:
         self.group = group or TrainingGroup.world()
         self.checkpoints, self.resume_from = checkpoints, resume_from
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
-        self.plan = plan_for(cfg, len(train_set), dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
-        self.steps = total_steps(cfg, self.plan)
+        self.plan = sync.batch_plan(len(train_set), train_set)
+        self.steps = sync.total_steps(self.plan)
         self.layout = parallel.build(model, env, cfg, dims, self._sample_microbatch(), sync.wrap)
         self.model = self.layout.model
         self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
+        sync.attach(self.layout, self.optimizer, eval_set, num_classes)
         context = MonitorContext(self.layout, self.optimizer, self.group)
         self.monitors = [MONITORS.get(name)(context) for name in cfg.log.monitors]
+        self.scalars = Scalars(run_dir.path) if cfg.log.tensorboard and run_dir is not None and env.is_main else None
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
         self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
         self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
@@ -126,6 +129,8 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.log(record)
+            if self.scalars is not None:
+                self.scalars.write(record)
 
     def _batches(self, index: int) -> tuple[bytes, Callable[[], list]]:
         """Step `index` (0-based)'s micro-batches on this rank: a key naming their samples, and how to load them."""
@@ -146,7 +151,7 @@ class Trainer:
         mine = self.balance.count(batches)
         if self.slow_test_hook is not None:
             self.slow_test_hook(mine)  # test-only: a slower device's compute per sample
-        scale = self.dims.dp_size / batches[0].global_count
+        scale = self.sync.loss_scale(mine, batches[0].global_count)
         loss_share = 0.0
         for i, mb in enumerate(batches):
             last = i == len(batches) - 1
@@ -285,5 +290,7 @@ class Trainer:
         self.progress.close()
         self.prefetch.close()
         self.health.close()
+        if self.scalars is not None:
+            self.scalars.close()
         return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
                          last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)
