@@ -7,17 +7,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from shoal.config import load_job
 from shoal.data import describe
 from shoal.distributed.env import launched_by_elastic
+from shoal.distributed.mesh import check_layout
 from shoal.errors import ShoalError
 from shoal.job.checks import check_node_counts, check_parts
+from shoal.job.dryrun import dry_run
 from shoal.job.worker import run_job, worker_main
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
 from shoal.launch.nodes import NodeSpec
-from shoal.models import build_model
 from shoal.run_dir import check_same_model, check_writable, default_run_dir, new_run_id, read_run_info
 from shoal.run_lock import HELD_ENV, acquire, lock_path
 
@@ -26,9 +25,9 @@ def preflight(cfg, nodes: NodeSpec | None = None) -> None:
     """Fail before any process starts, with the field to fix (the run directory's checks: `holding`)."""
     check_parts(cfg)  # an unknown sync strategy, compressor or monitor names the choices before any worker starts
     spec = describe(cfg.data, cfg.seed)
-    with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # a model too big for memory stays shapes only
-        build_model(cfg.model, spec.input_shape, spec.num_classes, cfg.seed)
-    check_node_counts(cfg, spec.n_train, cfg.nproc, *((nodes.min_nodes, nodes.max_nodes) if nodes else (1, 1)))
+    counts = (nodes.min_nodes, nodes.max_nodes) if nodes else (1, 1)
+    check_node_counts(cfg, spec.n_train, cfg.nproc, *counts)
+    dry_run(cfg, spec, check_layout(cfg.parallel, cfg.nproc * counts[0]))  # the model on shapes only, before any file is written
 
 
 @contextlib.contextmanager

@@ -22,17 +22,30 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+def last_line(err: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message (what a traceback ends with)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1].strip()}" if lines else type(err).__name__
+
+
+def resolve_factory(spec: str, field: str = "model.name") -> Callable[..., nn.Module]:
+    """`package.module:function` of a user's; `field` is the job key that named it (for the message)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ShoalError(f"model.name: '{spec}' is neither a built-in ({', '.join(BUILTIN)}) nor a factory 'package.module:function'")
+        if field == "model.name":
+            raise ShoalError(f"model.name: '{spec}' is neither a built-in ({', '.join(BUILTIN)}) nor a factory 'package.module:function'")
+        raise ShoalError(f"{field}: '{spec}' is not a function 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ShoalError(f"model.name: cannot import module '{module_name}' ({err}); is it installed or on PYTHONPATH?") from None
+        raise ShoalError(f"{field}: cannot import module '{module_name}' ({err}); is it installed or on PYTHONPATH?") from None
+    except SyntaxError as err:
+        raise ShoalError(f"{field}: module '{module_name}' has a syntax error ({err.filename}, line {err.lineno}: {err.msg})") from None
+    except Exception as err:  # the module's own code failed while importing
+        raise ShoalError(f"{field}: importing module '{module_name}' failed: {last_line(err)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ShoalError(f"model.name: module '{module_name}' has no function '{attr}'")
+        raise ShoalError(f"{field}: module '{module_name}' has no function '{attr}'")
     return factory
 
 
@@ -44,11 +57,19 @@ def _call_factory(factory: Callable[..., nn.Module], shape, classes: int, cfg: M
     if "num_classes" in params:
         kwargs.setdefault("num_classes", classes)
     try:
-        model = factory(**kwargs)
+        inspect.signature(factory).bind(**kwargs)
     except TypeError as err:
         raise ShoalError(f"model.kwargs: {cfg.name} rejected its arguments ({err})") from None
+    try:
+        model = factory(**kwargs)
+    except ShoalError:
+        raise
+    except Exception as err:  # the user's code: its own last line says what went wrong
+        raise ShoalError(f"model.name: factory {cfg.name} failed: {last_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ShoalError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
+    if not any(True for _ in model.parameters()):
+        raise ShoalError(f"model.name: {cfg.name} returned a {type(model).__name__} without parameters: there is nothing to train")
     return model
 
 
@@ -63,4 +84,4 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     return _call_factory(resolve_factory(cfg.name), input_shape, num_classes, cfg)
 
 
-__all__ = ["build_cnn", "build_gpt", "build_mlp", "build_model", "resolve_factory"]
+__all__ = ["build_cnn", "build_gpt", "build_mlp", "build_model", "last_line", "resolve_factory"]

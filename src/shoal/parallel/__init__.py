@@ -25,7 +25,7 @@ Wrap = Callable[[nn.Module, torch.Tensor], nn.Module]
 def _user_hook(model: nn.Module, dims: ParallelDims, env: DistEnv, cfg: JobConfig, keys: list[str]) -> Layout:
     from shoal.models import resolve_factory
 
-    module = resolve_factory(cfg.parallel.parallelize)(model, dims.mesh, cfg)
+    module = resolve_factory(cfg.parallel.parallelize, "parallel.parallelize")(model, dims.mesh, cfg)
     if not isinstance(module, nn.Module):
         raise ShoalError(f"parallel.parallelize: {cfg.parallel.parallelize} returned {type(module).__name__}, not the parallelized nn.Module")
     return Sharded([module], dims, env, keys)
