@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def digits_mlp(name: str, rest: str, *, seed: int | None = None, data: str = "") -> str:
-    """Job-file text: `data` adds keys to [data], `rest` holds the sections that follow it."""
-    head = f'name = "{name}"\n' + (f"seed = {seed}\n" if seed is not None else "")
+def digits_mlp(name: str, rest: str, *, seed: int | None = None, data: str = "", top: str = "") -> str:
+    """Job-file text: `top` adds top-level keys (sync = ...), `data` keys to [data], `rest` the sections after it."""
+    head = f'name = "{name}"\n' + (f"seed = {seed}\n" if seed is not None else "") + top
     return head + '[model]\nname = "mlp"\nhidden = [16]\n[data]\nname = "digits"\nlimit_train = 300\n' + data + rest
 
 
