@@ -24,6 +24,7 @@ from shoal.data.text import sizes as text_sizes
 from shoal.errors import ShoalError
 
 BUILTIN = ("mnist", "digits", "synthetic", "npz", "parquet", "shakespeare")
+MAX_CLASSES = 1_000_000  # a label of 10**12 would make a classifier of 10**12 outputs
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -149,11 +150,53 @@ def _open_npz(path: str):
     return z
 
 
+def _array(z, key: str, path: str) -> np.ndarray:
+    """One array of a user's .npz, read in full here: a bad CRC, a pickled object array or text fail now, with one line."""
+    try:
+        a = z[key]
+    except ValueError as err:  # object arrays need pickle, which user files never get
+        raise ShoalError(f"data.path: array '{key}' in '{path}' cannot be read without pickle ({err}); save plain numeric arrays") from None
+    except Exception as err:  # zipfile.BadZipFile (CRC), EOFError, OSError: a damaged file
+        raise ShoalError(f"data.path: array '{key}' in '{path}' is damaged ({type(err).__name__}: {err}); write the file again") from None
+    return a
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, where: str, xname: str = "x", yname: str = "y") -> np.ndarray:
+    """Inputs numeric and finite, shaped (samples, features...); labels 1-D integer class codes, one per sample.
+    Returns the labels as int64."""
+    if x.dtype.kind not in "biuf":
+        raise ShoalError(f"{where}: '{xname}' holds {x.dtype} values; inputs must be numbers (encode text and categories first, e.g. with `shoal prep`)")
+    if x.ndim < 2:
+        raise ShoalError(f"{where}: '{xname}' is shaped {x.shape}; inputs must be shaped (samples, features...), e.g. x.reshape(-1, 1)")
+    if y.dtype.kind not in "biuf":
+        raise ShoalError(f"{where}: '{yname}' holds {y.dtype} values; labels must be integer class codes 0..C-1")
+    if y.ndim != 1:
+        raise ShoalError(f"{where}: '{yname}' is shaped {y.shape}; labels must be one class code per sample, shaped ({len(y)},)")
+    if len(x) != len(y):
+        raise ShoalError(f"{where}: '{xname}' has {len(x)} samples but '{yname}' has {len(y)} labels; they must match")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ShoalError(f"{where}: '{xname}' contains NaN or infinite values; clean them first (e.g. `shoal prep`'s clean step)")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            bad = y[~np.isfinite(y) | (y != np.round(y))][0]
+            raise ShoalError(f"{where}: '{yname}' holds the non-integer label {bad}; labels must be integer class codes 0..C-1")
+    if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise ShoalError(f"{where}: '{yname}' holds the label {bad:.0f}; labels must be class codes 0..C-1 with C at most {MAX_CLASSES:,}")
+    return y.astype(np.int64)
+
+
 def _load_npz(cfg: DataConfig, seed: int):
     z = _open_npz(cfg.path)
-    x, y = z["x"], z["y"]
+    where = f"data.path '{cfg.path}'"
+    x, y = _array(z, "x", cfg.path), _array(z, "y", cfg.path)
+    y = check_arrays(x, y, where)
     if "x_eval" in z.files and "y_eval" in z.files:
-        return _tensors(x, y, cfg.limit_train), _tensors(z["x_eval"], z["y_eval"], cfg.limit_eval)
+        xe, ye = _array(z, "x_eval", cfg.path), _array(z, "y_eval", cfg.path)
+        ye = check_arrays(xe, ye, where, "x_eval", "y_eval")
+        if xe.shape[1:] != x.shape[1:]:
+            raise ShoalError(f"{where}: 'x_eval' samples are shaped {xe.shape[1:]} but 'x' samples {x.shape[1:]}; they must match")
+        return _tensors(x, y, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
     (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
     return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
 
@@ -187,18 +230,48 @@ def _load_parquet(cfg: DataConfig, seed: int):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files, features, label, _ = _parquet_parts(cfg)
+    files, features, label, classes = _parquet_parts(cfg)
     tables = []
     for f in files:
+        _check_columns(f, features, label)
         try:
             tables.append(pq.read_table(f, columns=[*features, label]))
         except Exception as err:
-            raise ShoalError(f"data.path: cannot read columns {[*features, label]} from '{f}' ({err})") from None
+            raise ShoalError(f"data.path: cannot read columns {[*features, label]} from '{f}' ({last_line(err)})") from None
     frame = pa.concat_tables(tables).to_pandas()
     x = frame[features].to_numpy(dtype=np.float32)
-    y = frame[label].to_numpy(dtype=np.int64)
+    y = check_arrays(x, frame[label].to_numpy(), f"data.path '{cfg.path}'", "features", f"label column '{label}'")
+    if classes and len(y) and y.max() >= classes:
+        raise ShoalError(f"data.path '{cfg.path}': label {y.max()} in column '{label}' is not below the manifest's label_classes = {classes}; "
+                         "rerun `shoal prep`")
     (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
     return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
+
+
+def _check_columns(path: Path, features: list[str], label: str) -> None:
+    """Before reading: the file is Parquet, every column exists, features are numbers and the label integers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as err:  # ArrowInvalid: not Parquet (magic bytes), truncated footer
+        raise ShoalError(f"data.path: '{path}' is not a readable Parquet file ({last_line(err)})") from None
+    names = schema.names
+    for field, column in [*(("data.features", c) for c in features), ("data.label", label)]:
+        if column not in names:
+            raise ShoalError(f"{field}: column '{column}' is not in '{path}' (it has {', '.join(names[:20])}{' ...' if len(names) > 20 else ''})")
+        kind = schema.field(column).type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        if not numeric or (field == "data.label" and pa.types.is_boolean(kind)):
+            raise ShoalError(f"{field}: column '{column}' of '{path}' holds {kind} values; "
+                             f"{'labels must be integer class codes' if field == 'data.label' else 'features must be numbers'} "
+                             "(encode it first, e.g. with `shoal prep`)")
+
+
+def last_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 def load(cfg: DataConfig, seed: int) -> Splits:
@@ -213,6 +286,9 @@ def load(cfg: DataConfig, seed: int) -> Splits:
     y_all = torch.cat([train.tensors[1], eval_.tensors[1]])
     if (y_all < 0).any():
         raise ShoalError("data: labels must be class codes 0..C-1; found a negative label")
+    if cfg.name != "shakespeare" and len(eval_) and train.tensors[0].shape[1:] != eval_.tensors[0].shape[1:]:
+        raise ShoalError(f"data: evaluation samples are shaped {tuple(eval_.tensors[0].shape[1:])} but training samples "
+                         f"{tuple(train.tensors[0].shape[1:])}; they must match")
     if cfg.name == "shakespeare":
         return Splits(train, eval_ if len(eval_) else None, describe(cfg, seed))
     spec = DataSpec(tuple(train.tensors[0].shape[1:]), int(y_all.max()) + 1, len(train), len(eval_))
