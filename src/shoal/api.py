@@ -26,6 +26,7 @@ from shoal.distributed.mesh import check_layout
 from shoal.errors import ShoalError
 from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
+from shoal.report import write_report
 from shoal.run_start import describe_origin, start_run
 from shoal.train.process import tune_process as tune
 from shoal.train.progress import print_summary
@@ -89,6 +90,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
         if run_dir is not None:
             run_dir.save_model(state)
+            write_report([run_dir.path], run_dir.path / "report.html")  # every run directory gets its report
     finally:
         if run_dir is not None:
             run_dir.close()  # also when training failed: the directory's lock goes with this call, not the process

@@ -84,12 +84,94 @@ def deploy(
     typer.echo(f"wrote {render(target, job, load_job(job), nnodes, nproc_per_node, image, max_restarts, out)}")
 
 
+@app.command()
+def infer(
+    source: Annotated[Path, typer.Argument(help="a run directory (model.pt, else its newest checkpoint) or RUN/checkpoints/step-N")],
+    out: Annotated[Path, typer.Option("--out", help="output directory: shards, manifest.json, metrics.json")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="inputs: .npz (x, optional y), Parquet file or `shoal prep` output")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="processes (replicas, or parts of a split model)")] = 1,
+    split: Annotated[Optional[str], typer.Option("--split", help="split the model instead of replicating it: pp or tp")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="samples per forward pass")] = 64,
+    generate: Annotated[bool, typer.Option("--generate", help="gpt: generate text from --prompt instead of reading --data")] = False,
+    prompt: Annotated[str, typer.Option("--prompt", help="--generate: the text to continue")] = "\n",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="--generate: tokens to add")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="--generate: 0 = greedy")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="--generate: sample among the k likeliest (0 = all)")] = 0,
+    samples: Annotated[int, typer.Option("--samples", help="--generate: continuations (sample i uses seed + i)")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="--generate: random seed")] = 0,
+    no_cache: Annotated[bool, typer.Option("--no-kv-cache", help="--generate: recompute the whole sequence every step")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory")] = False,
+) -> None:
+    """Run a trained model over many inputs (replicated or split over processes), or generate text with the gpt."""
+    from shoal.infer.cli import infer_main
+
+    infer_main(source, out, data, nproc, split, batch, overwrite, generate, prompt, max_new_tokens, temperature, top_k,
+               samples, seed, not no_cache)
+
+
 @app.command("config")
 def show_config() -> None:
     """Print every job-file key with its default and meaning."""
     from shoal.config_doc import render_markdown
 
     typer.echo(render_markdown())
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one or more run directories (several: side by side)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default RUN/report.html for one run, ./report.html for several)")] = None,
+) -> None:
+    """Write one self-contained HTML report (plots inline, no network needed) of one or more runs."""
+    from shoal.report import write_report
+
+    typer.echo(f"wrote {write_report(list(run_dirs), out)}")
+
+
+@app.command()
+def plan(
+    job: Annotated[Optional[Path], typer.Argument(help="job file (TOML) whose model, batch and sequence are planned")] = None,
+    cluster: Annotated[str, typer.Option("--cluster", help="preset DEVICE[:NETWORK] (a100, h100, h200, mi300x, cpu; nvlink, ib, roce, "
+                                         "ethernet) or a profile file from `shoal calibrate`")] = "h100:ib",
+    nodes: Annotated[int, typer.Option("--nodes", help="machines")] = 1,
+    devices_per_node: Annotated[int, typer.Option("--devices-per-node", help="accelerators (or processes) per machine")] = 8,
+    set_: Annotated[list[str], typer.Option("--set", help="override a job key, e.g. --set model.layers=96 --set train.global_batch_size=1536")] = [],
+    top: Annotated[int, typer.Option("--top", help="layouts to show")] = 10,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write every layout's prediction to this JSON file")] = None,
+) -> None:
+    """Predict step time and memory of every layout (dp, fsdp, tp, pp, micro-batches, recompute) and recommend one."""
+    from shoal.plan import plan_command
+
+    for line in plan_command(job, list(set_), cluster, nodes, devices_per_node, top, json_out):
+        typer.echo(line)
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", help="profile file to write (TOML), for `shoal plan --cluster FILE`")] = Path("cluster.toml"),
+    nproc: Annotated[int, typer.Option("--nproc", help="processes for the collective measurements")] = 2,
+    seconds: Annotated[float, typer.Option("--seconds", help="time spent on each measurement")] = 0.3,
+) -> None:
+    """Measure this machine (matmul FLOP/s per dtype, collective bandwidth and latency, memory) into a profile file."""
+    from shoal.plan.calibrate import calibrate as measure
+
+    typer.echo(f"wrote {measure(out, nproc, seconds)}")
+
+
+@app.command()
+def bench(
+    job: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    nproc: Annotated[str, typer.Option("--nproc", help="process counts, comma-separated")] = "1,2",
+    out: Annotated[Path, typer.Option("--out", help="directory for the runs, the table (bench.md) and the report")] = Path("runs/bench"),
+    set_: Annotated[list[str], typer.Option("--set", help="override a key in every run (repeatable)")] = [],
+    target: Annotated[Optional[float], typer.Option("--target", help="evaluation accuracy whose time-to-reach is reported")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace runs already in --out")] = False,
+) -> None:
+    """Scaling study: the job at each process count; speed-up, scaling efficiency, time to a target accuracy, and a report."""
+    from shoal.job.bench import bench_command
+
+    for line in bench_command(job, [int(n) for n in nproc.split(",") if n.strip()], out, list(set_), target, overwrite):
+        typer.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ LAYERS = {
     3: ["compress", "parallel", "checkpoint", "run_dir", "run_lock", "run_start", "monitor"],
     4: ["sync"],
     5: ["train", "launch"],
-    6: ["api", "job", "export"],
+    6: ["api", "job", "export", "report", "plan", "infer", "serve"],
     7: ["cli", "__main__", "__init__"],
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
