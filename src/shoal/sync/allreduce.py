@@ -34,6 +34,7 @@ class AllReduce(SyncStrategy):
         self.pending: list[dict] = []
 
     window_steps = 0
+    rounds = 0  # gradient all-reduces so far: one per step, the count averaging strategies cut
     grad_bytes = 0  # what DDP's own fp32 all-reduce sends per step (no compressor hook to count it)
 
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
@@ -64,14 +65,16 @@ class AllReduce(SyncStrategy):
 
     def after_step(self, step: int, layout) -> None:
         self.window_steps += 1
+        self.rounds = step
 
     def stats(self) -> dict[str, float]:
-        """comm_bytes: what this rank put into the gradient all-reduce per step (mean over the log window)."""
+        """comm_bytes: what this rank put into the gradient all-reduce per step (mean over the log window);
+        comm_rounds: all-reduce rounds since the start."""
         steps, self.window_steps = max(self.window_steps, 1), 0
         if not self.compressor.uses_hook:
-            return {"comm_bytes": self.grad_bytes, "compression_ratio": 1.0} if self.grad_bytes else {}
+            return {"comm_bytes": self.grad_bytes, "compression_ratio": 1.0, "comm_rounds": self.rounds} if self.grad_bytes else {}
         counted = self.compressor.stats()
-        return {**counted, "comm_bytes": counted["comm_bytes"] / steps}
+        return {**counted, "comm_bytes": counted["comm_bytes"] / steps, "comm_rounds": self.rounds}
 
     def parts(self) -> dict:
         return {**super().parts(), "compressor": self.compressor}
