@@ -1,0 +1,147 @@
+"""One inference worker: replicated (a whole model, a contiguous shard of the inputs) or one part of a split model.
+
+Replicas never talk to each other; split workers form a process group and run the training code's
+layouts (tensor parallel without sequence sharding; pipeline stages under the GPipe schedule).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shoal.errors import ShoalError
+from shoal.infer.generate import encode, generate
+from shoal.infer.inputs import read
+from shoal.infer.job import InferJob
+from shoal.infer.output import write_shard
+from shoal.infer.predict import forward_batches, predictions
+from shoal.infer.shards import shard_range
+from shoal.infer.source import build, resolve
+
+
+def rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker_main(job: InferJob) -> dict:
+    """Entry of a spawned worker; user errors come back as a value so the command prints one line."""
+    torch.set_grad_enabled(False)
+    try:
+        return split_worker(job) if job.split else replicated_worker(job)
+    except ShoalError as err:
+        return {"error": str(err)}
+
+
+def replicated_worker(job: InferJob) -> dict:
+    rank, world = rank_and_world()
+    source = resolve(job.source)
+    model = build(source)
+    if job.generating:
+        start, stop = shard_range(job.samples, world, rank)
+        prompt = encode(job.prompt)
+        rows = [generate(model, prompt, job.max_new_tokens, source.spec.num_classes, job.temperature, job.top_k, job.seed + i,
+                         cache=job.kv_cache)[0] for i in range(start, stop)]
+        tokens = torch.stack(rows).numpy() if rows else np.zeros((0, prompt.shape[1] + job.max_new_tokens), dtype=np.int64)
+        write_shard(Path(job.staging), rank, {"tokens": tokens})
+        return {"rows": stop - start}
+    inputs = read(job.data, source)
+    start, stop = shard_range(len(inputs), world, rank)
+    out = forward_batches(model, inputs.x[start:stop], job.batch, source.spec.num_classes)
+    write_shard(Path(job.staging), rank, {"outputs": out.numpy(), "predictions": predictions(out)})
+    return {"rows": stop - start}
+
+
+def split_layout(source, job: InferJob, sample: torch.Tensor, microbatches: int):
+    """The training layouts, for inference: every rank builds the whole model, keeps its part, and loads it
+    (a DCP checkpoint straight into the part: any training layout's checkpoint loads into any split)."""
+    from shoal.distributed import init_distributed
+    from shoal.distributed.mesh import ParallelDims
+    from shoal.infer.source import load_into
+    from shoal.parallel import build as build_layout
+
+    env = init_distributed()
+    world = env.world_size
+    parallel = {"tp": world, "sequence_parallel": False} if job.split == "tp" else \
+        {"pp": world, "pp_schedule": "gpipe", "microbatches": microbatches, "pp_balance": "layers"}
+    cfg = source.cfg.model_copy(update={"parallel": source.cfg.parallel.model_validate({**parallel, "dp": 1})})
+    dims = ParallelDims.from_config(cfg.parallel, world)
+    model = build(source, load=not source.is_checkpoint)
+    layout = build_layout(model, env, cfg, dims, sample, lambda m, s: m)
+    if source.is_checkpoint:
+        for module in layout.modules:
+            load_into(source, module)
+    layout.train(False)
+    if hasattr(layout, "micro_loss"):  # the schedule scores each micro-batch; inference has no loss to compute
+        layout.micro_loss.loss_fn = lambda out, target, reduction="sum": out.new_zeros(())
+    return env, layout
+
+
+def _writes(layout, env) -> bool:
+    return layout.holds_output and layout.dims.coords(env.rank)["tp"] == 0
+
+
+def split_worker(job: InferJob) -> dict:
+    import torch.distributed as dist
+
+    source = resolve(job.source)
+    _, world = rank_and_world()
+    if job.generating:
+        return _split_generate(source, job)
+    inputs = read(job.data, source)
+    micro = job.microbatches or world
+    batch = max(job.batch - job.batch % micro, micro) if job.split == "pp" else job.batch
+    env, layout = split_layout(source, job, inputs.x[:batch], micro if job.split == "pp" else 0)
+    outputs = []
+    for i in range(0, len(inputs), batch):
+        x = inputs.x[i : i + batch]
+        valid = len(x)
+        if valid < batch and job.split == "pp":  # the schedule's shapes are fixed: pad the last batch, drop the padding
+            x = torch.cat([x, x[:1].expand(batch - valid, *x.shape[1:])])
+        out = layout.predict(x, torch.zeros(len(x)))
+        if out is not None:
+            outputs.append(out[:valid, ..., : source.spec.num_classes].float())
+    if _writes(layout, env):
+        out = torch.cat(outputs)
+        write_shard(Path(job.staging), 0, {"outputs": out.numpy(), "predictions": predictions(out)})
+    dist.barrier()
+    return {"rows": len(inputs) if _writes(layout, env) else 0}
+
+
+def _split_generate(source, job: InferJob) -> dict:
+    """tp: every rank runs the cached generation on its heads (outputs are replicated). pp: the stages recompute
+    the whole sequence each step, right-padded to a fixed length (causal attention never looks right), and the
+    last stage broadcasts the logits so every rank draws the same token."""
+    import torch.distributed as dist
+
+    prompt = encode(job.prompt)
+    length = prompt.shape[1] + job.max_new_tokens
+    env, layout = split_layout(source, job, torch.zeros(1, length, dtype=torch.long), 1)
+    vocab = source.spec.num_classes
+    last = env.world_size - 1
+
+    def pipeline_logits(tokens: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(tokens, (0, length - tokens.shape[1]))
+        out = layout.predict(padded, torch.zeros(len(padded)))
+        logits = out[:, tokens.shape[1] - 1].float().contiguous() if out is not None else torch.zeros(len(tokens), layout_vocab)
+        dist.broadcast(logits, src=last)
+        return logits
+
+    layout_vocab = build_vocab(source)
+    full = pipeline_logits if job.split == "pp" else None
+    model = layout.model
+    rows = [generate(model, prompt, job.max_new_tokens, vocab, job.temperature, job.top_k, job.seed + i,
+                     cache=job.kv_cache and job.split == "tp", full_logits=full)[0] for i in range(job.samples)]
+    if env.rank == 0:
+        write_shard(Path(job.staging), 0, {"tokens": torch.stack(rows).numpy()})
+    dist.barrier()
+    return {"rows": job.samples if env.rank == 0 else 0}
+
+
+def build_vocab(source) -> int:
+    """The gpt's padded vocabulary: the width of its logits."""
+    from shoal.models.gpt import padded_vocab
+
+    return padded_vocab(source.spec.num_classes)
