@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shoal.errors import ShoalError
 from shoal.sync.base import SyncContext, SyncStrategy
 
 
@@ -25,6 +26,9 @@ class LocalUpdates(SyncStrategy):
 
     def __init__(self, ctx: SyncContext):
         super().__init__(ctx)
+        if ctx.cfg.comm.compression != "none":
+            raise ShoalError(f"comm.compression = '{ctx.cfg.comm.compression}' compresses gradient all-reduce, which sync = "
+                             f"'{ctx.cfg.sync}' does not use (parameters travel in float32): set comm.compression = 'none'")
         self.samples = 0  # this rank's samples since the last averaging
         self.rounds = 0  # averagings so far
         self.bytes_total = 0  # what this rank put into the averaging all-reduces
