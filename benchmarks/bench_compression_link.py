@@ -5,6 +5,9 @@ compressor reports), the time at which test accuracy first reaches the target, a
 accuracy. Needs root (namespaces; the root namespace is never touched). Usage:
 
     python benchmarks/bench_compression_link.py [--methods none,fp16,...] [--steps N] [--rate 100mbit]
+
+`--methods` also takes the averaging variants of bench_averaging.py (local8, local32, diloco32, ...):
+data parallel, local SGD and DiLoCo over the same slow link.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "distributed" / "multinode"))
+from bench_averaging import VARIANTS  # noqa: E402
 from netns import Network, ip, namespaces_available  # noqa: E402
 
 MODELS = {
@@ -52,6 +56,11 @@ def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> li
             node_log.rename(kept / node_log.name)
         raise SystemExit(f"training failed (exit codes {[p.returncode for p in procs]}); node logs kept in {kept}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def variant_sets(name: str) -> list[str]:
+    """A compression method (none, fp16, ...), or an averaging variant of bench_averaging.py (local32, diloco128, ...)."""
+    return VARIANTS[name] if name in VARIANTS and name != "dp" else [f"comm.hook='{name}'"]
 
 
 def summarize(records: list[dict], target: float) -> dict:
@@ -91,7 +100,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 records = train(net, job, Path(d) / "run", [*sets, f"train.steps={a.steps}", f"train.eval_every={a.eval_every}",
                                                             f"train.log_every={a.eval_every}", "checkpoint.at_end=false",
-                                                            f"comm.hook='{method}'"], Path(d))
+                                                            *variant_sets(method)], Path(d))
                 rows[method] = {**summarize(records, a.target), "wall_s": time.perf_counter() - t0}
             finally:
                 net.close()
