@@ -150,6 +150,22 @@ def test_randk_draws_the_same_indices_on_every_rank_and_new_ones_each_step():
     assert torch.equal(a.pick(grad[:300], pieces[0]), b.pick(grad[:300], pieces[0]))  # the state carries the stream
 
 
+def test_random_draws_follow_the_jobs_seed():
+    """randk's indices, QSGD's noise and PowerSGD's first matrices come from the job's `seed`: another seed
+    draws otherwise, the same seed the same (so `seed =` changes the whole run, and only it)."""
+    from shoal.compress import build
+
+    cfg = CommConfig(compression="randk", topk_ratio=0.1)
+    piece, grad = Piece(0, 0, 300), torch.zeros(300)
+    picks = {seed: build("randk", cfg, None, seed).pick(grad, piece) for seed in (0, 1)}
+    assert torch.equal(picks[0], build("randk", cfg, None, 0).pick(grad, piece))
+    assert not torch.equal(picks[0], picks[1])
+    qsgd = {seed: build("qsgd", CommConfig(compression="qsgd"), None, seed).seeds.generator.initial_seed() for seed in (5, 6)}
+    assert qsgd[5] != qsgd[6]
+    draw = lambda seed: build("powersgd", CommConfig(compression="powersgd"), None, seed).state.rng.randint(1 << 30)
+    assert draw(7) == draw(7) != draw(8)
+
+
 def test_comm_hook_is_the_old_name_of_comm_compression():
     assert validate({"comm": {"hook": "powersgd"}}).comm.compression == "powersgd"
     assert validate({"comm": {"hook": "fp16", "compression": "fp16"}}).comm.hook == "fp16"

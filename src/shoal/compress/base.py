@@ -24,8 +24,8 @@ class Compressor:
     # buckets in flight, ranks could then issue them in different orders (gloo: "Received data size doesn't match").
     one_bucket = False
 
-    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
-        self.cfg, self.group = cfg, group
+    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
+        self.cfg, self.group, self.seed = cfg, group, seed  # seed: the job's, so random draws follow `seed =`
         self.wire_bytes = 0  # since the last stats()
         self.raw_bytes = 0
 

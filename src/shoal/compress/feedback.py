@@ -24,6 +24,11 @@ from shoal.errors import ShoalError
 SEED = 0x5EED  # the first generator state of every run: the same job draws the same numbers
 
 
+def job_stream(seed: int) -> int:
+    """The first generator state for a job's `seed` (seed 0: SEED itself)."""
+    return (SEED + seed * 65537) % 2**63
+
+
 @dataclass(frozen=True)
 class Piece:
     """One parameter's gradient in a bucket's flat buffer."""
@@ -48,8 +53,8 @@ def mix(seed: int, key: int) -> int:
 class PerParameter(Compressor):
     """A compressor that works parameter by parameter inside each bucket (`pieces`)."""
 
-    def __init__(self, cfg, group: dist.ProcessGroup | None = None):
-        super().__init__(cfg, group)
+    def __init__(self, cfg, group: dist.ProcessGroup | None = None, seed: int = 0):
+        super().__init__(cfg, group, seed)
         self.keys: dict[int, int] = {}  # a parameter's storage address -> its index in the model
 
     def attach(self, model: nn.Module) -> None:

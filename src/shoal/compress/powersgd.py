@@ -56,12 +56,13 @@ SIZES = {"error_dict": lambda s: s.numel, "p_memory_dict": lambda s: s.n * s.ran
 @COMPRESSORS.register("powersgd")
 class PowerSGD(Compressor):
     one_bucket = True  # torch's hook all-reduces Q from the callback of P's all-reduce
-    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
-        super().__init__(cfg, group)
+    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
+        super().__init__(cfg, group, seed)
         self.state = powerSGD_hook.PowerSGDState(
             process_group=group,
             matrix_approximation_rank=cfg.powersgd_rank,
             start_powerSGD_iter=max(cfg.powersgd_warmup, 2),  # torch requires > 1 with error feedback
+            random_seed=seed % 2**32,  # the initial Q matrices follow the job's seed
         )
         self.keys: dict[int, int] = {}  # a parameter's storage address -> its index in the model
         self.layouts: dict[int, list[Slot]] = {}  # bucket index -> its slots, as last seen

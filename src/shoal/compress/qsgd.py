@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from shoal.compress.base import COMPRESSORS
-from shoal.compress.feedback import SEED, PerParameter, Piece, StepSeeds
+from shoal.compress.feedback import PerParameter, Piece, StepSeeds, job_stream
 from shoal.config import CommConfig
 
 CHUNK = 512
@@ -71,12 +71,12 @@ def dequantize(q: torch.Tensor, norms: torch.Tensor, rows: Rows, levels: int) ->
 
 @COMPRESSORS.register("qsgd")
 class QSGD(PerParameter):
-    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
-        super().__init__(cfg, group)
+    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
+        super().__init__(cfg, group, seed)
         self.levels = cfg.qsgd_levels
         self.dtype = torch.int8 if self.levels <= 127 else torch.int16
         rank = dist.get_rank(group) if dist.is_initialized() else 0
-        self.seeds = StepSeeds(SEED + 1 + rank)  # each rank its own noise
+        self.seeds = StepSeeds(job_stream(seed) + 1 + rank)  # each rank its own noise
         self.layouts: dict[tuple[Piece, ...], Rows] = {}
 
     def reduce(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

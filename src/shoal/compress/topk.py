@@ -31,15 +31,15 @@ import torch
 import torch.distributed as dist
 
 from shoal.compress.base import COMPRESSORS
-from shoal.compress.feedback import ErrorFeedback, PerParameter, Piece, StepSeeds
+from shoal.compress.feedback import ErrorFeedback, PerParameter, Piece, StepSeeds, job_stream
 from shoal.config import CommConfig
 
 
 class Sparse(PerParameter):
     """Pick k entries per parameter, keep the rest as error feedback, exchange the picked ones (subclasses)."""
 
-    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
-        super().__init__(cfg, group)
+    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
+        super().__init__(cfg, group, seed)
         self.ratio = cfg.topk_ratio
         self.feedback = ErrorFeedback() if cfg.error_feedback else None
 
@@ -102,9 +102,9 @@ class TopK(Sparse):
 
 @COMPRESSORS.register("randk")
 class RandK(Sparse):
-    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None):
-        super().__init__(cfg, group)
-        self.seeds = StepSeeds()  # the same seed on every rank: the same indices everywhere
+    def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
+        super().__init__(cfg, group, seed)
+        self.seeds = StepSeeds(job_stream(seed))  # the same seed on every rank: the same indices everywhere
 
     def pick(self, grad: torch.Tensor, piece: Piece) -> torch.Tensor:
         return torch.randperm(piece.numel, generator=self.seeds.generator_for(piece.key))[: self.k(piece.numel)].to(grad.device)

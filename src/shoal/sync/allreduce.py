@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shoal.compress import COMPRESSORS, Compressor, auto
+from shoal.compress import Compressor, auto
+from shoal.compress import build as build_compressor
 from shoal.errors import ShoalError
 from shoal.parallel import ddp, sharded
 from shoal.sync.base import SYNC, SyncContext, SyncStrategy
@@ -30,7 +31,7 @@ class AllReduce(SyncStrategy):
         if self.auto:  # chosen in wrap: measured, or the choice the checkpoint of a restart recorded
             method = "none"
         self.method = method
-        self.compressor: Compressor = COMPRESSORS.get(method)(comm, ctx.group.group)
+        self.compressor: Compressor = build_compressor(method, comm, ctx.group.group, ctx.cfg.seed)
         self.pending: list[dict] = []
 
     window_steps = 0
@@ -40,7 +41,7 @@ class AllReduce(SyncStrategy):
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         if self.auto and "compression" in self.resumed:
             self.method = self.resumed["compression"]
-            self.compressor = COMPRESSORS.get(self.method)(self.ctx.cfg.comm, self.ctx.group.group)
+            self.compressor = build_compressor(self.method, self.ctx.cfg.comm, self.ctx.group.group, self.ctx.cfg.seed)
         elif self.auto and self.ctx.group.size > 1 and sample is not None:
             self._choose(model.to(self.ctx.env.device), sample.to(self.ctx.env.device))
         if self.ctx.group.size > 1:
@@ -52,7 +53,7 @@ class AllReduce(SyncStrategy):
         found = auto.measure(model, sample, self.ctx.cfg.train.grad_accum, self.ctx.group)
         predicted = auto.predict(found, model, comm)
         self.method, why = auto.choose(predicted, found)
-        self.compressor = COMPRESSORS.get(self.method)(comm, self.ctx.group.group)
+        self.compressor = build_compressor(self.method, comm, self.ctx.group.group, self.ctx.cfg.seed)
         self.pending.append({"kind": "compression", "method": self.method, "why": why, "measured": found,
                              "predicted_step_s": predicted, "message": f"comm.compression = auto chose {self.method}: {why}"})
 
