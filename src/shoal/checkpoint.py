@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, writing
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 MARKER = "shoal.json"
@@ -159,19 +159,22 @@ class Checkpointer:
                  f"rng_rank{self.rank}": rng_state()}
         state.update({_part_key(name, self.rank): _pack(part) for name, part in (parts or {}).items()})
         commit = functools.partial(self._commit, step, tmp, final, meta, started, fault)
-        if self.async_save:
-            self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), commit)
-        else:
-            dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
-            commit()
+        with writing(self.root, f"checkpoint step {step}", tmp if self.rank == 0 else None):  # a full disk: one line, no .tmp-step left
+            if self.async_save:
+                self.pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group), commit)
+            else:
+                dcp.save(state, checkpoint_id=str(tmp), process_group=self.group)
+                commit()
         return final
 
     def wait(self) -> None:
         """Commit the asynchronous save in flight, if any (collective)."""
         if self.pending is not None:
             (future, commit), self.pending = self.pending, None
-            future.result()
-            commit()
+            step, tmp = commit.args[0], commit.args[1]
+            with writing(self.root, f"checkpoint step {step}", tmp if self.rank == 0 else None):
+                future.result()
+                commit()
 
     def _commit(self, step: int, tmp: Path, final: Path, meta: dict, started: float, fault) -> None:
         if fault is not None:

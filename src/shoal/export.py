@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from shoal.checkpoint import latest_checkpoint, load_model_weights, read_marker
 from shoal.config import load_job
 from shoal.data import describe
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, check_output_file
 from shoal.models import build_model
 from shoal.run_dir import atomic_write_bytes, read_run_info
 
@@ -51,6 +51,7 @@ def _job_model_state(ckpt: Path, config: Path) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    check_output_file(out)
     ckpt, run = _resolve(Path(checkpoint))
     if read_run_info(run).get("origin") == "api":
         state = checkpoint_model_state(ckpt)

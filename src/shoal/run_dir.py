@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from shoal.config import ModelConfig, OptimizerConfig, load_toml
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, check_location, writing
 from shoal.run_lock import LOCK_NAME, RunLock
 
 RUN_INFO = "run.json"
@@ -30,16 +30,25 @@ def default_run_dir(name: str) -> Path:
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one unless the user says so."""
-    if path.exists() and not path.is_dir():
-        raise ShoalError(f"--out: '{path}' exists and is not a directory; choose another path")
+    check_location(path)
     if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()) and not overwrite:
         raise ShoalError(f"--out: run directory '{path}' already has files; pass --overwrite or choose another --out")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with writing(path.parent, path.name, tmp):
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+def remove_leftovers(path: Path) -> None:
+    """What a write that was killed left: `.NAME.tmp-PID` files here, `.tmp-step-*` folders in checkpoints/."""
+    for tmp in [*path.glob(".*.tmp-*"), *(path / "checkpoints").glob(".tmp-step-*")]:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def new_run_id() -> str:
@@ -86,16 +95,19 @@ class RunDir:
         """The first write: clean (--overwrite of another run), record the run, open the metrics. Idempotent."""
         if self._metrics is not None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path, "the run directory"):
+            self.path.mkdir(parents=True, exist_ok=True)
         stored = read_run_info(self.path).get("run_id")
         if self.overwrite and stored != self.run_id:  # a restart of this run keeps its history
             _clear(self.path)
+        remove_leftovers(self.path)
         if stored != self.run_id:
             info = {"run_id": self.run_id, **self.origin, "created": time.time()}
             atomic_write_bytes(self.path / RUN_INFO, (json.dumps(info, indent=1) + "\n").encode())
         if self._config is not None:
             atomic_write_bytes(self.path / "config.toml", self._config.encode())
-        self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+        with writing(self.path, "metrics.jsonl"):
+            self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
         if self._trim_at_open is not None:
             self.trim_after(self._trim_at_open)
 
@@ -127,14 +139,16 @@ class RunDir:
 
     def log(self, record: dict) -> None:
         self.open()
-        self._metrics.write(json.dumps({**record, "unix_time": round(time.time(), 3)}) + "\n")
+        with writing(self.path, "metrics.jsonl"):
+            self._metrics.write(json.dumps({**record, "unix_time": round(time.time(), 3)}) + "\n")
 
     def save_model(self, state_dict: dict) -> Path:
         self.open()
         target = self.path / "model.pt"
         tmp = target.with_name(f".model.pt.tmp-{os.getpid()}")
-        torch.save(state_dict, tmp)
-        os.replace(tmp, target)
+        with writing(self.path, "model.pt", tmp):
+            torch.save(state_dict, tmp)
+            os.replace(tmp, target)
         return target
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ crashed holder left there lets its restarted rank 0 find its run id again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, check_location, writing
 
 LOCK_NAME = ".shoal.lock"
 # Set by a `shoal train` launcher to the lock file it holds (or that node rank 0's launcher holds):
@@ -75,6 +76,8 @@ def acquire(run_dir: str | Path) -> RunLock:
     if str(path) in _held:
         _held[str(path)].release()
     made_dir = not path.parent.exists()
+    if made_dir or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        check_location(path.parent)  # a file in the way, a read-only place: one line, before anything is made
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -94,7 +97,16 @@ def acquire(run_dir: str | Path) -> RunLock:
         previous = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
     except json.JSONDecodeError:
         previous = {}
-    lock = _held[str(path)] = RunLock(path, fd, made_dir, previous)
+    try:
+        with writing(path.parent, "the run directory's lock file"):  # a full disk: one line
+            lock = _held[str(path)] = RunLock(path, fd, made_dir, previous)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if made_dir:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
     return lock
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from shoal.config import JobConfig
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, check_output_file
 from shoal.launch.nodes import parse_nnodes
 from shoal.run_dir import atomic_write_bytes
 
@@ -151,6 +151,7 @@ def deploy(target: str, job: Path, cfg: JobConfig, nnodes: str = "2", nproc_per_
     d = deployment(job, cfg, nnodes, nproc_per_node, image, max_restarts)
     check_world_sizes(d)
     target = out or Path(f"{d.name}{suffix}")
+    check_output_file(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, render(d).encode())
     return target
