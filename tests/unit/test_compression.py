@@ -183,3 +183,16 @@ def test_methods_that_need_ddp_buckets_are_refused_under_fsdp(method):
     assert f"'{method}'" in str(err.value) and "fsdp=2" in str(err.value) and "\n" not in str(err.value)
     for cast in ("fp16", "bf16"):  # these become FSDP's reduce dtype
         assert AllReduce(SyncContext(JobConfig(comm={"compression": cast}), None, dims, SimpleNamespace(group=None)))
+
+
+def test_fsdp_gradient_bytes_are_counted_in_the_reduce_dtype():
+    """FSDP's reduce-scatter takes a rank's whole (unsharded) gradient in the reduce dtype; with dp replicas the
+    shard is then all-reduced too: 1,000 + 10 parameters, fsdp 2, dp 2, bf16 -> (1,010 x 2 + 1,010) x 2 bytes."""
+    from shoal.distributed.mesh import ParallelDims
+    from shoal.sync.allreduce import sharded_grad_bytes
+
+    params = [torch.nn.Parameter(torch.zeros(1000)), torch.nn.Parameter(torch.zeros(10)), torch.zeros(5)]  # the last: frozen
+    sent, ratio = sharded_grad_bytes(params, ParallelDims(2, 2, 1, 1, 4), "bf16")
+    assert (sent, ratio) == ((1010 * 2 + 1010) * 2, 2.0)
+    assert sharded_grad_bytes(params, ParallelDims(1, 2, 1, 1, 2), "none") == (1010 * 2 * 4, 1.0)
+    assert sharded_grad_bytes(params, ParallelDims(1, 1, 2, 1, 2), "none") == (0, 1.0)  # tp alone: no gradient reduction

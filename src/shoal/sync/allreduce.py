@@ -36,7 +36,8 @@ class AllReduce(SyncStrategy):
 
     window_steps = 0
     rounds = 0  # gradient all-reduces so far: one per step, the count averaging strategies cut
-    grad_bytes = 0  # what DDP's own fp32 all-reduce sends per step (no compressor hook to count it)
+    grad_bytes = 0  # what DDP's own fp32 all-reduce (or FSDP's reduce) sends per step (no compressor hook to count it)
+    grad_ratio = 1.0
 
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         if self.auto and "compression" in self.resumed:
@@ -61,6 +62,10 @@ class AllReduce(SyncStrategy):
         out, self.pending = self.pending, []
         return out
 
+    def attach(self, layout, optimizer, eval_set=None, num_classes: int = 0) -> None:
+        if self.ctx.dims.model_parallel:
+            self.grad_bytes, self.grad_ratio = sharded_grad_bytes(layout.parameters(), self.ctx.dims, self.ctx.cfg.comm.compression)
+
     def checkpoint_meta(self) -> dict:
         return {"compression": self.method} if self.auto else {}
 
@@ -73,9 +78,26 @@ class AllReduce(SyncStrategy):
         comm_rounds: all-reduce rounds since the start."""
         steps, self.window_steps = max(self.window_steps, 1), 0
         if not self.compressor.uses_hook:
-            return {"comm_bytes": self.grad_bytes, "compression_ratio": 1.0, "comm_rounds": self.rounds} if self.grad_bytes else {}
+            return {"comm_bytes": self.grad_bytes, "compression_ratio": self.grad_ratio, "comm_rounds": self.rounds} if self.grad_bytes else {}
         counted = self.compressor.stats()
         return {**counted, "comm_bytes": counted["comm_bytes"] / steps, "comm_rounds": self.rounds}
 
     def parts(self) -> dict:
         return {**super().parts(), "compressor": self.compressor}
+
+
+def sharded_grad_bytes(params, dims, compression: str) -> tuple[int, float]:
+    """Bytes a model-parallel rank hands to the gradient reduction per step, and the ratio to fp32: FSDP's
+    reduce-scatter of its (tensor-parallel-local) unsharded gradients in the reduce dtype, plus the
+    all-reduce of its shard over dp replicas. FSDP's padding of uneven shards is not counted."""
+    dtype = sharded.REDUCE_DTYPES.get(compression)
+    sent = fp32 = 0
+    for p in params:
+        if not p.requires_grad:
+            continue
+        local = p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        width = (dtype or p.dtype).itemsize
+        per_rank = local * (dims.fsdp if dims.fsdp > 1 else 0) + (local if dims.dp > 1 else 0)
+        sent += per_rank * width
+        fp32 += per_rank * 4
+    return sent, (fp32 / sent if sent else 1.0)
