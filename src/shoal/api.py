@@ -8,6 +8,7 @@ then calls this).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
 from shoal.report import write_report
 from shoal.run_start import describe_origin, start_run
+from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.process import tune_process as tune
 from shoal.train.progress import print_summary
 from shoal.train.trainer import FitResult, LossFn, Trainer
@@ -70,7 +72,8 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     env = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     if tune_process:
         tune(cfg)
-    group = TrainingGroup.world()
+    strategy = sync_mod.SYNC.get(cfg.sync)  # param_server: its training group is the workers (every rank calls new_group)
+    group = strategy.training_group(cfg) if hasattr(strategy, "training_group") else TrainingGroup.world()
     dims = check_batching(cfg, len(train_set), check_layout(cfg.parallel, group.size))  # the one layout of this worker
     sync = sync_mod.build(sync_mod.SyncContext(cfg, env, dims, group))
     classes = num_classes or _infer_classes(train_set, eval_set)
@@ -84,8 +87,11 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
     try:
-        trainer = Trainer(cfg, env, dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn, show_progress, checkpoints,
-                          resume_from, group)
+        if not getattr(sync, "trains", True):  # a parameter server: it answers the workers' pushes and trains nothing
+            steps, wall = sync.serve(model, train_set, checkpoints, resume_from, build_optimizer, build_scheduler)
+            return FitResult(model, steps, env.world_size, wall, 0.0, float("nan"))
+        trainer = Trainer(cfg, replace(env, world_size=group.size), dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn,
+                          show_progress, checkpoints, resume_from, group)
         result = trainer.fit()
         state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
         if run_dir is not None:

@@ -1,0 +1,169 @@
+"""sync = "param_server": the last `ps.servers` ranks hold the parameters and run the optimizer; the others train.
+
+Workers compute gradients on their share of each global batch, push them to the servers
+(each server gets its contiguous range of the flat gradient, ps_wire.py) and pull the fresh
+ranges back into their model; a worker's own optimizer never changes anything. Servers do not
+run the training loop: `fit` hands them to `serve` (ps_server.py). The training group (records,
+evaluation, health) is the workers only, so the layout and batch plan count workers.
+
+Modes (ps.mode): sync (equals data parallel: the mean of every worker's gradient of a step, one
+update, global-norm clipping on the servers), async (each push applied on arrival as its own
+optimizer step), ssp (bounded staleness: at most ps.staleness clocks ahead of the slowest;
+gradients of a clock applied together, so staleness 0 is sync). In async and ssp each push is
+clipped by its own norm on its worker. Every worker holds the same parameters at each
+checkpoint step and at the last step (the servers withhold replies until all pushed it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from shoal.distributed.collectives import TrainingGroup
+from shoal.errors import ShoalError
+from shoal.sync import ps_server
+from shoal.sync.base import SYNC, SyncContext, SyncStrategy
+from shoal.sync.ps_wire import TAG, Shards, body, flat_grad, header, message, trainable, write_values
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+
+
+@SYNC.register("param_server")
+class ParamServer(SyncStrategy):
+    grads_synced = False
+
+    @classmethod
+    def training_group(cls, cfg) -> TrainingGroup:
+        """The workers: every rank but the last ps.servers. Collective: every rank calls it (dist.new_group)."""
+        world, rank = _world()
+        servers = cfg.ps.servers
+        if world <= servers:
+            raise ShoalError(f"sync = 'param_server' with ps.servers = {servers} needs more than {servers} processes "
+                             f"(here {world}): the ranks after the workers are servers, and at least one must train")
+        workers = tuple(range(world - servers))
+        group = dist.new_group(list(workers))
+        return TrainingGroup(group, rank if rank < len(workers) else -1, len(workers), workers)
+
+    def __init__(self, ctx: SyncContext):
+        super().__init__(ctx)
+        cfg = ctx.cfg
+        if cfg.train.on_nonfinite == "rollback":
+            raise ShoalError("train.on_nonfinite = 'rollback' is not available with sync = 'param_server' "
+                             "(the servers hold the state); use 'skip' or 'fail'")
+        self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
+        self.workers = list(ctx.group.ranks)
+        self.servers = list(range(len(self.workers), ctx.env.world_size))
+        self.trains = ctx.env.rank in self.workers
+        self.server_group = dist.new_group(self.servers) if len(self.servers) > 1 else None  # every rank calls it
+        self.params: list[nn.Parameter] = []
+        self.shards: Shards | None = None
+        self.versions = [0] * len(self.servers)  # per server: the version this worker's parameters come from
+        self.seen = [(0, 0, 0)] * len(self.servers)  # per server: (updates applied, staleness sum, max) at the last reply
+        self.logged = (0, 0)  # (applied, staleness sum) at the previous training record
+        self.clock = 0  # steps this worker pushed
+        self.rounds = self.bytes_total = self.window_bytes = self.window_steps = 0
+        self.pending: list[dict] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # --- servers ---
+    def serve(self, model: nn.Module, train_set, checkpoints, resume_from, make_optimizer, make_scheduler) -> tuple[int, float]:
+        """A server rank's whole run (instead of the trainer); returns (steps, wall seconds)."""
+        steps = self.total_steps(self.batch_plan(len(train_set), train_set))
+        index = self.servers.index(self.ctx.env.rank)
+        wall = ps_server.run(self.ctx, index, self.servers, Shards.of(model, len(self.servers)), model, steps,
+                             make_optimizer, make_scheduler, self.server_group, checkpoints, resume_from)
+        return steps, wall
+
+    # --- workers ---
+    def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
+        model = model.to(self.ctx.env.device)
+        self.params = trainable(model)
+        self.shards = Shards.of(model, len(self.servers))
+        if self.shards.total < len(self.servers):
+            raise ShoalError(f"ps.servers = {len(self.servers)} is more than the model's {self.shards.total} trainable values")
+        self._pull()  # every worker starts from the servers' parameters
+        self.pending.append({"kind": "ps", "mode": self.mode, **({"staleness": self.bound} if self.mode == "ssp" else {}),
+                             "workers": self.workers, "servers": self.servers, "shards": self.shards.describe(self.servers),
+                             "message": f"parameter server ({self.mode}): workers {self.workers}, servers {self.servers}, "
+                                        f"{self.shards.total:,} values sharded by size"})
+        return model
+
+    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
+        self.optimizer = optimizer
+
+    def grad_norm(self, layout, max_norm: float) -> float:
+        """One round: push this worker's gradient, pull the fresh parameters. sync: the norm of the mean gradient
+        (the servers clip by it); async/ssp: this push's own norm, clipped here."""
+        own = layout.clip_grad_norm_(math.inf if self.mode == "sync" else max_norm)
+        self.clock += 1
+        grad = flat_grad(self.params)
+        sends = []
+        for j, dst in enumerate(self.servers):
+            lo, hi = self.shards.range(j)
+            push = message(hi - lo)
+            header(push)[:3] = torch.tensor([self.clock, self.versions[j], own], dtype=torch.float64)
+            body(push).copy_(grad[lo:hi])
+            sends.append(dist.isend(push, dst=dst, tag=TAG))
+            self._count(push)
+        norm = self._pull()
+        for work in sends:
+            work.wait()
+        self.rounds += 1
+        return norm if self.mode == "sync" else own
+
+    def _pull(self) -> float:
+        """Receive every server's reply; write the parameters in. Returns the norm the servers replied."""
+        replies = [message(self.shards.size(j)) for j in range(len(self.servers))]
+        for work in [dist.irecv(r, src=src, tag=TAG) for src, r in zip(self.servers, replies)]:
+            work.wait()
+        for j, r in enumerate(replies):
+            h = header(r)
+            self.versions[j] = int(h[0])
+            self.seen[j] = (int(h[3]), int(h[4]), int(h[5]))
+            if self.clock:
+                self._count(r)
+        write_values(self.params, torch.cat([body(r) for r in replies]))
+        return float(header(replies[0])[2])
+
+    def _count(self, buffer: torch.Tensor) -> None:
+        n = buffer.numel() * buffer.element_size()
+        self.bytes_total += n
+        self.window_bytes += n
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The parameters came from the servers: the worker's optimizer sees no gradient and changes nothing."""
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+
+    def after_step(self, step: int, layout) -> None:
+        self.window_steps += 1
+
+    def stats(self) -> dict[str, float]:
+        """comm_bytes: pushed + pulled by this worker per step (log window); comm_rounds, comm_bytes_total: since the
+        start; staleness_mean over the updates the servers applied since the previous record, staleness_max since the start."""
+        applied, total = sum(s[0] for s in self.seen), sum(s[1] for s in self.seen)
+        new = applied - self.logged[0]
+        out = {"comm_bytes": self.window_bytes / max(self.window_steps, 1), "comm_rounds": self.rounds,
+               "comm_bytes_total": self.bytes_total, "staleness_max": max(s[2] for s in self.seen),
+               "staleness_mean": (total - self.logged[1]) / new if new else 0.0}
+        self.logged = (applied, total)
+        self.window_steps = self.window_bytes = 0
+        return out
+
+    def events(self) -> list[dict]:
+        out, self.pending = self.pending, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"versions": list(self.versions), "seen": list(self.seen), "logged": self.logged, "clock": self.clock,
+                "rounds": self.rounds, "bytes_total": self.bytes_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.versions, self.seen, self.logged = list(state["versions"]), [tuple(s) for s in state["seen"]], tuple(state["logged"])
+        self.clock, self.rounds, self.bytes_total = state["clock"], state["rounds"], state["bytes_total"]

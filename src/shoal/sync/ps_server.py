@@ -1,0 +1,214 @@
+"""One parameter server: it owns a range of the flat parameters, its optimizer and schedule, and answers pushes.
+
+The server does not run the training loop; it knows the run's length (the same batch plan as
+the workers) and loops until every worker pushed its last step:
+
+- sync: receive every worker's gradient of step t (in worker order), average, clip by the global
+  norm (the squared norms of all servers' ranges are summed over the servers' group), one
+  optimizer step, reply the fresh range to everyone. Equals data parallel.
+- async: apply each push on arrival as one optimizer step; reply at once.
+- ssp: the gradients of clock k are applied together (their mean, one optimizer step) once every
+  worker pushed clock k; a worker's reply (its pull) is withheld while it is more than
+  `staleness` clocks ahead of the completed clocks. With staleness 0 that is sync.
+
+Agreement points (every checkpoint step and the last step): no reply goes out until every
+worker pushed that step, so every worker holds the same parameters there; checkpoints are taken
+then, the servers' ranges and optimizer states as shards of the same DCP checkpoint.
+Staleness of an applied gradient is the server's version when applying it minus the version it
+was computed on (async: in pushes applied; ssp and sync: in clocks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message
+
+
+class ShardModule(nn.Module):
+    """The server's range as a module of one parameter, named after the server: its checkpoint keys are its own."""
+
+    def __init__(self, name: str, values: torch.Tensor):
+        super().__init__()
+        self.name = name
+        self.register_parameter(name, nn.Parameter(values))
+
+    @property
+    def flat(self) -> nn.Parameter:
+        return getattr(self, self.name)
+
+
+class Server:
+    def __init__(self, cfg, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int,
+                 make_optimizer: Callable, make_scheduler: Callable, server_group):
+        self.cfg, self.index, self.workers, self.steps = cfg, index, workers, steps
+        self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
+        lo, hi = shards.range(index)
+        self.size = hi - lo
+        self.module = ShardModule(f"ps_server{index}", flat_values([p for p in model.parameters() if p.requires_grad])[lo:hi].clone())
+        self.optimizer = make_optimizer([self.module.flat], cfg.optimizer)
+        self.scheduler = make_scheduler(self.optimizer, steps, cfg.schedule)
+        self.server_group = server_group
+        self.max_norm = cfg.train.clip_grad_norm or math.inf
+        self.version = 0  # updates applied (sync, ssp: clocks completed; async: pushes applied)
+        self.clocks = [0] * len(workers)  # steps each worker pushed
+        self.completed = 0  # ssp: clocks whose gradients are applied
+        self.pending: dict[int, dict[int, tuple[torch.Tensor | None, int]]] = {}  # ssp: clock -> worker -> (gradient, version)
+        self.waiting: dict[int, int] = {}  # worker index -> the step whose reply is withheld
+        self.applied = self.stale_sum = self.stale_max = 0
+        self.every = 0
+        self.checkpoints = None
+
+    # --- the part checkpoints carry (besides the range and optimizer state, which are DCP shards) ---
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "clocks": list(self.clocks), "completed": self.completed,
+                "applied": self.applied, "stale_sum": self.stale_sum, "stale_max": self.stale_max}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version, self.clocks, self.completed = state["version"], list(state["clocks"]), state["completed"]
+        self.applied, self.stale_sum, self.stale_max = state["applied"], state["stale_sum"], state["stale_max"]
+
+    def serve(self, checkpoints, resume_from) -> int:
+        """Send the initial range to every worker, continue from a checkpoint if given, answer pushes to the end."""
+        self._send_all(list(range(len(self.workers))), norm=0.0)  # the workers start from the servers' parameters
+        self.checkpoints = checkpoints
+        self.every = self.cfg.checkpoint.every if checkpoints is not None else 0
+        first = 0
+        if resume_from is not None:
+            first = checkpoints.load(resume_from, [self.module], self.optimizer, self.scheduler, {"ps_server": self}).step
+        if self.mode == "sync":
+            self._run_sync(first)
+        else:
+            self._run_stale()
+        if checkpoints is not None:
+            if self.cfg.checkpoint.at_end and first < self.steps:
+                self._save(self.steps)
+            checkpoints.wait()
+        return first
+
+    def _save(self, step: int) -> None:
+        self.checkpoints.save(step, [self.module], self.optimizer, self.scheduler, {}, parts={"ps_server": self})
+
+    def _due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and step < self.steps
+
+    def _agreed(self, step: int) -> bool:
+        """Steps at which every worker must hold the same parameters: checkpoints and the last step."""
+        return step == self.steps or self._due(step)
+
+    # --- sync ---
+    def _run_sync(self, first: int) -> None:
+        for step in range(first + 1, self.steps + 1):
+            buffers = [message(self.size) for _ in self.workers]
+            for work in [dist.irecv(b, src=w, tag=TAG) for w, b in zip(self.workers, buffers)]:
+                work.wait()
+            grad = body(buffers[0]).clone()
+            for b in buffers[1:]:
+                grad.add_(body(b))  # in worker order: the same sum on every run
+            grad.div_(len(self.workers))
+            square = torch.tensor([float(grad.double().pow(2).sum())], dtype=torch.float64)
+            if self.server_group is not None:
+                dist.all_reduce(square, group=self.server_group)  # the norm of the whole gradient, on every server
+            norm = math.sqrt(square.item())
+            if math.isfinite(norm):  # non-finite: nobody steps (the workers' trainers skip the step together)
+                coef = min(1.0, self.max_norm / (norm + 1e-6))
+                if coef < 1.0:
+                    grad.mul_(coef)
+                for b in buffers:
+                    self._stale(self.version - int(header(b)[1]))
+                self._apply(grad)
+                self.scheduler.step()
+            self.clocks = [step] * len(self.workers)
+            self._send_all(list(range(len(self.workers))), norm)
+            if self._due(step):
+                self._save(step)
+
+    # --- async and ssp ---
+    def _run_stale(self) -> None:
+        buffer = message(self.size)
+        while min(self.clocks) < self.steps or self.waiting:
+            src = dist.recv(buffer, src=None, tag=TAG)  # any worker (servers never send to each other)
+            w = self.workers.index(src)
+            h = header(buffer)
+            step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
+            self.clocks[w] = step
+            grad = body(buffer).clone() if math.isfinite(norm) else None  # a non-finite push is dropped
+            if self.mode == "async":
+                self._stale(self.version - computed_on)
+                if grad is not None:
+                    self._apply(grad)
+                while self.scheduler.last_epoch < min(self.clocks):  # the schedule follows the slowest worker
+                    self.scheduler.step()
+            else:
+                self.pending.setdefault(step, {})[w] = (grad, computed_on)
+                self._complete_clocks()
+            self.waiting[w] = step
+            self._release()
+
+    def _complete_clocks(self) -> None:
+        while len(self.pending.get(self.completed + 1, {})) == len(self.workers):
+            pushes = self.pending.pop(self.completed + 1)
+            grads = [pushes[w][0] for w in range(len(self.workers)) if pushes[w][0] is not None]
+            for w in range(len(self.workers)):
+                self._stale(self.completed - pushes[w][1])
+            if grads:
+                total = grads[0]
+                for g in grads[1:]:
+                    total.add_(g)
+                self._apply(total.div_(len(self.workers)))
+            else:
+                self.version += 1
+            self.scheduler.step()
+            self.completed += 1
+
+    def _may_reply(self, step: int) -> bool:
+        if self._agreed(step):
+            return min(self.clocks) >= step and (self.mode == "async" or self.completed >= step)
+        return self.mode == "async" or step - self.completed <= self.bound
+
+    def _release(self) -> None:
+        ready = [w for w, step in self.waiting.items() if self._may_reply(step)]
+        if not ready:
+            return
+        steps = {self.waiting.pop(w) for w in ready}
+        self._send_all(ready, math.nan)
+        for step in steps:
+            if self._due(step) and min(self.clocks) >= step and not self.waiting:
+                self._save(step)
+
+    # --- both ---
+    def _apply(self, grad: torch.Tensor) -> None:
+        self.module.flat.grad = grad
+        self.optimizer.step()
+        self.module.flat.grad = None
+        self.version += 1
+
+    def _stale(self, staleness: int) -> None:
+        self.applied += 1
+        self.stale_sum += staleness
+        self.stale_max = max(self.stale_max, staleness)
+
+    def _send_all(self, indices: list[int], norm: float) -> None:
+        reply = message(self.size)
+        h = header(reply)
+        h[0], h[1], h[2] = self.version, self.completed if self.mode == "ssp" else self.version, norm
+        h[3], h[4], h[5] = self.applied, self.stale_sum, self.stale_max
+        body(reply).copy_(self.module.flat.detach())
+        for work in [dist.isend(reply, dst=self.workers[w], tag=TAG) for w in indices]:
+            work.wait()
+
+
+def run(ctx, index: int, servers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
+        server_group, checkpoints, resume_from) -> float:
+    """The whole life of a server rank; returns its wall time."""
+    start = time.perf_counter()
+    server = Server(ctx.cfg, index, list(ctx.group.ranks), shards, model, steps, make_optimizer, make_scheduler, server_group)
+    server.serve(checkpoints, resume_from)
+    return time.perf_counter() - start

@@ -1,0 +1,51 @@
+"""What the parameter-server tests run inside spawned workers (spawn pickles these by name)."""
+
+from __future__ import annotations
+
+import os
+
+import dp_workers
+
+import shoal
+from shoal.config import load_job
+from shoal.data import load
+from shoal.job.worker import run_job
+from shoal.models import build_model
+
+# Both optimizers, accumulation, global-norm clipping, a warm-up + cosine schedule, an uneven last batch (195 = 3 x 64 + 3).
+EXACT = {name: dp_workers.CASES[name] for name in ("sgd_accum_clip", "adamw_accum_clip_cosine")}
+NO_CLIP = {"optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9}, "train": {"grad_accum": 2}}
+# The whole digits training set (1437 images), 3 epochs of 45 steps.
+TRAIN = {"data": {"limit_train": 0, "limit_eval": 0}, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+         "train": {"global_batch_size": 32, "epochs": 3, "log_every": 5}}
+SLOW = {"SHOAL_TEST_SLOW_FACTOR": "1:3.0", "SHOAL_TEST_SAMPLE_S": "0.0003"}  # worker 1 three times slower per sample
+
+
+merged = dp_workers.merged
+
+
+def ps(mode: str, servers: int = 1, **keys) -> dict:
+    return {"sync": "param_server", "ps": {"servers": servers, "mode": mode, **keys}}
+
+
+def train_case(spec: dict | str, out: str | None = None, env: dict | None = None) -> dict:
+    """One fit of `spec` (overrides of dp_workers.BASE, or a job file): this rank's weights and eval metrics."""
+    if isinstance(spec, str):  # a job file, trained as `shoal train` workers do
+        return run_job(load_job(spec), out)
+    os.environ.update(env or {})
+    try:
+        cfg = shoal.JobConfig.model_validate(dp_workers.merged(dp_workers.BASE, spec))
+        splits = load(cfg.data, cfg.seed)
+        model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+        result = shoal.fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, out=out,
+                           show_progress=False, summary=False)
+    finally:
+        for key in env or {}:
+            os.environ.pop(key, None)
+    return {"params": {k: v.detach().clone() for k, v in result.model.state_dict().items()}, "eval": result.eval,
+            "steps": result.steps}
+
+
+def run(cases: dict[str, tuple]) -> dict:
+    """cases: name -> arguments of train_case."""
+    return {name: train_case(*args) for name, args in cases.items()}

@@ -1,0 +1,123 @@
+"""The parameter server (docs/param_server.md): sync mode equals data parallel and one process (1 and 2 servers),
+ssp with staleness 0 equals sync, measured staleness never exceeds the ssp bound, async and ssp train digits to
+a stated accuracy, roles and shards are in the records, and a SIGKILLed worker's restart is bit-identical.
+One 3-process launch trains every parameter-server case; one 2-process launch gives the all-reduce reference."""
+
+from __future__ import annotations
+
+import ps_workers
+import pytest
+import torch
+
+from job_files import digits_mlp
+from runs import records, shoal_train, weights
+from shoal.launch.local import launch_local
+
+pytestmark = pytest.mark.dist
+EXACT = 1e-5
+
+RESTART = 'sync = "param_server"\n' + digits_mlp("ps-restart", """
+[optimizer]
+name = "adamw"
+lr = 0.01
+[schedule]
+name = "cosine"
+warmup_steps = 3
+[train]
+global_batch_size = 32
+steps = 14
+log_every = 1
+clip_grad_norm = 1.0
+[ps]
+servers = 1
+mode = "sync"
+[checkpoint]
+every = 4
+""", seed=3)
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ps")
+    (root / "restart.toml").write_text(RESTART)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ps(dirs):
+    """World of 3: with 1 server, 2 workers; with 2 servers, 1 worker."""
+    w = ps_workers
+    cases = {f"{name}_s1": (w.merged(case, w.ps("sync", 1)),) for name, case in w.EXACT.items()}
+    cases |= {f"{name}_s2": (w.merged(case, w.ps("sync", 2)),) for name, case in w.EXACT.items()}
+    cases |= {"noclip_sync": (w.merged(w.NO_CLIP, w.ps("sync")),), "noclip_ssp0": (w.merged(w.NO_CLIP, w.ps("ssp", staleness=0)),)}
+    cases |= {"async": (w.merged(w.TRAIN, w.ps("async")), str(dirs / "async"), w.SLOW),
+              "ssp2": (w.merged(w.TRAIN, w.ps("ssp", staleness=2)), str(dirs / "ssp2"), w.SLOW),
+              "restart_ref": (str(dirs / "restart.toml"), str(dirs / "restart_ref"))}
+    return launch_local(w.run, (cases,), nproc=3)[0]
+
+
+@pytest.fixture(scope="module")
+def allreduce():
+    return launch_local(ps_workers.run, ({name: (case,) for name, case in ps_workers.EXACT.items()},), nproc=2)[0]
+
+
+@pytest.fixture(scope="module")
+def single():
+    return ps_workers.run({name: (case,) for name, case in ps_workers.EXACT.items()})
+
+
+@pytest.mark.parametrize("case", list(ps_workers.EXACT))
+def test_sync_mode_equals_data_parallel_and_one_process(ps, allreduce, single, case):
+    assert max_diff(ps[f"{case}_s1"]["params"], allreduce[case]["params"]) < EXACT  # 2 workers, 1 server vs all-reduce on 2
+    assert max_diff(ps[f"{case}_s1"]["params"], single[case]["params"]) < EXACT
+    assert max_diff(ps[f"{case}_s2"]["params"], single[case]["params"]) < EXACT  # 1 worker, 2 servers vs 1 process
+    assert ps[f"{case}_s1"]["eval"]["accuracy"] == pytest.approx(allreduce[case]["eval"]["accuracy"], abs=1e-6)
+
+
+def test_ssp_with_staleness_0_equals_sync(ps):
+    assert max_diff(ps["noclip_ssp0"]["params"], ps["noclip_sync"]["params"]) < EXACT
+    assert max_diff(ps["noclip_sync"]["params"], ps_workers.run({"x": (ps_workers.NO_CLIP,)})["x"]["params"]) < EXACT
+
+
+def test_measured_staleness_never_exceeds_the_ssp_bound(ps, dirs):
+    train = records(dirs / "ssp2", "train")
+    assert train and all(r["staleness_max"] <= 2 for r in train), [r["staleness_max"] for r in train]
+    assert train[-1]["staleness_max"] >= 1, "worker 1 is 3x slower: worker 0 should have run ahead"
+
+
+def test_async_staleness_is_measured_and_logged(ps, dirs):
+    train = records(dirs / "async", "train")
+    assert train[-1]["staleness_max"] >= 1 and train[-1]["staleness_mean"] >= 0
+    assert train[-1]["comm_rounds"] == ps["async"]["steps"] and train[-1]["comm_bytes_total"] > 0
+
+
+# Eval accuracy on the 360 held-out digits after 3 epochs (135 steps, MLP 32 hidden, 2 workers, worker 1 3x slower).
+@pytest.mark.parametrize("case", ["async", "ssp2"])
+def test_async_and_ssp_train_digits_to_a_stated_accuracy(ps, dirs, case):
+    print(case, ps[case]["eval"], [(r["step"], r["staleness_max"], round(r["staleness_mean"], 2)) for r in records(dirs / case, "train")])
+    assert ps[case]["eval"]["accuracy"] >= 0.80, ps[case]["eval"]
+
+
+def test_roles_and_shards_are_in_the_records(ps, dirs):
+    (event,) = records(dirs / "async", "ps")
+    assert event["workers"] == [0, 1] and event["servers"] == [2] and event["mode"] == "async"
+    assert event["shards"][0]["start"] == 0 and event["shards"][0]["end"] == sum(v.numel() for v in ps["async"]["params"].values())
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_restarts_bit_identical(ps, dirs):
+    """Rank 1 (worker 1 of 2) is killed after step 6; the group restarts from step 4 with the server's range,
+    its AdamW state and the workers' clocks restored from the checkpoint, and ends bit-identical."""
+    out = dirs / "restart_killed"
+    shoal_train(dirs / "restart.toml", out, "--nproc", "3", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
+    resumed = records(out, "resume")
+    assert resumed and resumed[0]["step"] == 4 and "sync" in resumed[0]["parts"], resumed
+    ref = dirs / "restart_ref"
+    a, b = weights(ref), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), max_diff(a, b)
+    assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
