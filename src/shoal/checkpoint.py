@@ -58,11 +58,48 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path, run_id: str | None = None) -> Path | None:
-    """With `run_id`, only that run's: a restart never continues another job's checkpoints left in the directory."""
+    """The newest committed and intact checkpoint. With `run_id`, only that run's: a restart never continues
+    another job's checkpoints left in the directory."""
+    return newest_intact(root, run_id)[0]
+
+
+def newest_intact(root: Path, run_id: str | None = None) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest intact checkpoint, the newer ones passed over as damaged with the reason)."""
     done = complete_checkpoints(root)
     if run_id is not None:
         done = [p for p in done if _marker_run_id(p) == run_id]
-    return done[-1] if done else None
+    skipped = []
+    for path in reversed(done):
+        problem = damage(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a committed checkpoint's files (None: intact): DCP's metadata readable, every shard it
+    names present and long enough. A shard deleted or truncated, or the metadata cut short, is found here."""
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as err:
+        return f"its metadata cannot be read ({type(err).__name__})"
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"shard {name} is missing"
+        if shard.stat().st_size < size:
+            return f"shard {name} is truncated ({shard.stat().st_size} of {size} bytes)"
+    return None
+
+
+def saved_shapes(path: Path, prefix: str = "model.") -> dict[str, tuple[int, ...]]:
+    """The global shape of every tensor under `prefix` in a checkpoint (keys without the prefix)."""
+    meta = dcp.FileSystemReader(str(path)).read_metadata()
+    return {k[len(prefix):]: tuple(v.size) for k, v in meta.state_dict_metadata.items() if k.startswith(prefix) and hasattr(v, "size")}
 
 
 def _marker_run_id(path: Path) -> str | None:

@@ -7,12 +7,13 @@ so every rank raises the same one-line error, or none does.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
-from shoal.checkpoint import Checkpointer, latest_checkpoint
+from shoal.checkpoint import Checkpointer, newest_intact
 from shoal.errors import ShoalError
 from shoal.run_dir import RunDir, check_same_model, read_run_info
 from shoal.run_lock import RunLock, acquire, held_by_launcher, read_lock
@@ -104,6 +105,12 @@ def _previous_attempt(lock: RunLock | None) -> str | None:
     return previous.get("run_id") if previous.get("elastic_run") == os.environ.get("TORCHELASTIC_RUN_ID") else None
 
 
+def nothing_to_resume(root: Path, skipped: list[tuple[Path, str]]) -> ShoalError:
+    if skipped:
+        return ShoalError(f"--resume: every checkpoint in '{root}' is damaged (the newest: {skipped[0][1]}); drop --resume to start afresh")
+    return ShoalError(f"--resume: no complete checkpoint in '{root}'; drop --resume to start afresh")
+
+
 def _checkpoints(cfg, env, out: Path, resume: bool, restarted: bool, run_id: str | None, wanted: str | None,
                  run_dir: RunDir | None) -> tuple[Checkpointer | None, Path | None]:
     """Checkpointing needs a run directory; resuming needs a complete checkpoint of this run in it."""
@@ -113,9 +120,15 @@ def _checkpoints(cfg, env, out: Path, resume: bool, restarted: bool, run_id: str
     group = dist.new_group(backend="gloo") if c.async_save and env.world_size > 1 else None  # apart from training's collectives
     checkpoints = RunCheckpointer(out / "checkpoints", env.rank, env.world_size, c.keep, group, c.async_save, run_id=run_id)
     checkpoints.run_dir = run_dir
-    latest = latest_checkpoint(checkpoints.root, wanted) if resume or restarted else None
+    latest, skipped = newest_intact(checkpoints.root, wanted) if resume or restarted else (None, [])
+    if skipped and env.is_main:
+        for path, problem in skipped:  # a damaged newest checkpoint: go on from the newest intact one, and say so
+            note = f"checkpoint {path.name} is damaged ({problem}); " + (f"continuing from {latest.name}" if latest else "no intact one left")
+            print(f"warning: {note}", file=sys.stderr)
+            if run_dir is not None and latest is not None:
+                run_dir.log({"kind": "warning", "message": note, "path": str(path)})
     if resume and latest is None and not restarted:
-        raise ShoalError(f"--resume: no complete checkpoint in '{checkpoints.root}'; drop --resume to start afresh")
+        raise nothing_to_resume(checkpoints.root, skipped)
     if restarted and latest is None and run_dir is not None:
         run_dir.redo_from_start()
     return checkpoints, latest

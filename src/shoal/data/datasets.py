@@ -162,7 +162,7 @@ def _array(z, key: str, path: str) -> np.ndarray:
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, where: str, xname: str = "x", yname: str = "y") -> np.ndarray:
-    """Inputs numeric and finite, shaped (samples, features...); labels 1-D integer class codes, one per sample.
+    """Inputs numeric (NaN allowed: train.on_nonfinite decides what a non-finite step does), shaped (samples, features...); labels 1-D integer class codes, one per sample.
     Returns the labels as int64."""
     if x.dtype.kind not in "biuf":
         raise ShoalError(f"{where}: '{xname}' holds {x.dtype} values; inputs must be numbers (encode text and categories first, e.g. with `shoal prep`)")
@@ -174,8 +174,6 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str, xname: str = "x", yna
         raise ShoalError(f"{where}: '{yname}' is shaped {y.shape}; labels must be one class code per sample, shaped ({len(y)},)")
     if len(x) != len(y):
         raise ShoalError(f"{where}: '{xname}' has {len(x)} samples but '{yname}' has {len(y)} labels; they must match")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ShoalError(f"{where}: '{xname}' contains NaN or infinite values; clean them first (e.g. `shoal prep`'s clean step)")
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             bad = y[~np.isfinite(y) | (y != np.round(y))][0]

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shoal.config import load_job
-from shoal.data import describe
+from shoal.data import DataSpec, describe
 from shoal.distributed.env import launched_by_elastic
-from shoal.distributed.mesh import check_layout
+from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
 from shoal.job.checks import check_node_counts, check_parts
-from shoal.job.dryrun import dry_run
+from shoal.job.dryrun import check_resume, dry_run
 from shoal.job.worker import run_job, worker_main
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
 from shoal.launch.nodes import NodeSpec
@@ -21,17 +21,20 @@ from shoal.run_dir import check_same_model, check_writable, default_run_dir, new
 from shoal.run_lock import HELD_ENV, acquire, lock_path
 
 
-def preflight(cfg, nodes: NodeSpec | None = None) -> None:
+def preflight(cfg, nodes: NodeSpec | None = None) -> tuple[DataSpec, ParallelDims]:
     """Fail before any process starts, with the field to fix (the run directory's checks: `holding`)."""
     check_parts(cfg)  # an unknown sync strategy, compressor or monitor names the choices before any worker starts
     spec = describe(cfg.data, cfg.seed)
     counts = (nodes.min_nodes, nodes.max_nodes) if nodes else (1, 1)
     check_node_counts(cfg, spec.n_train, cfg.nproc, *counts)
-    dry_run(cfg, spec, check_layout(cfg.parallel, cfg.nproc * counts[0]))  # the model on shapes only, before any file is written
+    dims = check_layout(cfg.parallel, cfg.nproc * counts[0])
+    dry_run(cfg, spec, dims)  # the model on shapes only, before any file is written
+    return spec, dims
 
 
 @contextlib.contextmanager
-def holding(cfg, out: Path, overwrite: bool, resume: bool, nodes: NodeSpec | None) -> Iterator[str | None]:
+def holding(cfg, out: Path, overwrite: bool, resume: bool, nodes: NodeSpec | None,
+            checked: tuple[DataSpec, ParallelDims] | None = None) -> Iterator[str | None]:
     """Hold the run directory for the whole job, so a second job is refused before any worker starts, and check it
     under the lock. Yields the run id every worker and every restart gets (None on a node other than rank 0: the
     job's rank 0 reads it from the lock file). With --nnodes only node rank 0 locks; the workers of every node
@@ -45,6 +48,8 @@ def holding(cfg, out: Path, overwrite: bool, resume: bool, nodes: NodeSpec | Non
             check_writable(out, overwrite or resume)
             if resume:
                 check_same_model(out, cfg.model.model_dump(mode="json"), cfg.optimizer.name)
+                if checked is not None:
+                    check_resume(cfg, *checked, out)  # the checkpoint fits this model; the run is not complete yet
             run_id = (read_run_info(out).get("run_id") if resume else None) or new_run_id()
             lock.record(run_id)
         os.environ[HELD_ENV] = str(lock_path(out))
@@ -73,8 +78,8 @@ def train_command(job: Path, nproc: int | None, out: Path | None, overrides: lis
     max_restarts = max_restarts or cfg.checkpoint.max_restarts
     if launched_by_elastic():  # torchrun started this process as one rank
         return run_job(cfg, str(out), overwrite, resume)
-    preflight(cfg, nodes)
-    with holding(cfg, out, overwrite, resume, nodes) as run_id:
+    checked = preflight(cfg, nodes)
+    with holding(cfg, out, overwrite, resume, nodes, checked) as run_id:
         if cfg.nproc == 1 and nodes is None and not max_restarts:
             return run_job(cfg, str(out), overwrite, resume, run_id)
         args = (cfg.model_dump(), str(out), overwrite, resume, run_id)

@@ -11,17 +11,21 @@ cannot use.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from shoal.checkpoint import newest_intact, read_marker, saved_shapes
 from shoal.config import JobConfig
-from shoal.data import DataSpec
+from shoal.data import DataSpec, plan_for, total_steps
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
 from shoal.models import build_model, last_line, resolve_factory
 from shoal.parallel import pipeline, sharded, tensor
 from shoal.parallel.layers import require_chain
+from shoal.run_dir import read_run_info
+from shoal.run_start import nothing_to_resume
 
 CPU_RETRY_PARAMS = 2**26  # a model the meta device cannot run is built for real only up to this size
 
@@ -157,3 +161,30 @@ def check_pipeline(cfg: JobConfig, model: nn.Module, dims: ParallelDims) -> None
     elif stages > len(pipeline.weighted_units(model, names)):
         raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers with weights, "
                          f"the model has {len(pipeline.weighted_units(model, names))}")
+
+
+def check_resume(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, out: Path) -> None:
+    """--resume, before any worker starts: the newest intact checkpoint holds this job's model shapes, and the run
+    is not already complete."""
+    from shoal.sync import SYNC, SyncStrategy
+
+    latest, skipped = newest_intact(Path(out) / "checkpoints", read_run_info(out).get("run_id"))
+    if latest is None:
+        raise nothing_to_resume(Path(out) / "checkpoints", skipped)
+    saved = saved_shapes(latest)
+    if saved:
+        for key, value in _build(cfg, spec, meta=True).state_dict().items():
+            if key not in saved:
+                raise ShoalError(f"resume: this job's model has '{key}', which the checkpoint {latest.name} in '{out}' lacks; "
+                                 "resume with the run's model, or train into another directory")
+            if tuple(saved[key]) != tuple(value.shape):
+                raise ShoalError(f"resume: '{key}' is shaped {tuple(value.shape)} in this job's model but {tuple(saved[key])} in the "
+                                 f"checkpoint {latest.name} in '{out}' (another model or data?); resume with the run's settings")
+    strategy = SYNC.get(cfg.sync)
+    if strategy.total_steps is not SyncStrategy.total_steps or strategy.batch_plan is not SyncStrategy.batch_plan:
+        return  # the strategy counts its own steps
+    step = int(read_marker(latest).get("step", 0))
+    total = total_steps(cfg, plan_for(cfg, spec.n_train, dims.dp_size))
+    if step >= total:
+        raise ShoalError(f"--resume: the run in '{out}' is complete (step {step} of {total}); to train further raise train.steps "
+                         "or train.epochs, or start another run")
