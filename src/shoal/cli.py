@@ -69,15 +69,26 @@ def export(
 
 @app.command()
 def deploy(
-    target: Annotated[str, typer.Argument(help="k8s (Kubeflow PyTorchJob + ConfigMap) or slurm (sbatch script)")],
-    job: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    target: Annotated[str, typer.Argument(help="k8s (Kubeflow PyTorchJob + ConfigMap) or slurm (sbatch script); or serve (then k8s RUN_DIR)")],
+    job: Annotated[Path, typer.Argument(help="job file (TOML); after serve: k8s")],
+    run: Annotated[Optional[Path], typer.Argument(help="serve: the run directory to serve")] = None,
     nnodes: Annotated[str, typer.Option("--nnodes", help="machines: N, or MIN:MAX for an elastic job")] = "2",
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="processes per machine (default: the job's nproc)")] = None,
     image: Annotated[str, typer.Option("--image", help="k8s: container image with shoal installed")] = "shoal:latest",
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="restarts after a failure before the job fails")] = 3,
     out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default NAME.yaml / NAME.sbatch)")] = None,
+    pods: Annotated[int, typer.Option("--pods", help="serve: pods in the Deployment")] = 1,
+    replicas: Annotated[int, typer.Option("--replicas", help="serve: model replicas per pod")] = 1,
+    port: Annotated[int, typer.Option("--port", help="serve: container port")] = 8000,
+    claim: Annotated[str, typer.Option("--claim", help="serve: PersistentVolumeClaim holding the run directory")] = "shoal-runs",
+    token_secret: Annotated[Optional[str], typer.Option("--token-secret", help="serve: Secret whose key 'token' clients must send")] = None,
 ) -> None:
-    """Write the files that run a job on a cluster under torchrun: Kubernetes (Kubeflow) or SLURM."""
+    """Write the files that run a job on a cluster under torchrun: Kubernetes (Kubeflow) or SLURM; `serve k8s RUN`: a service."""
+    if target == "serve":
+        from shoal.serve.deploy import deploy_serve
+
+        typer.echo(f"wrote {deploy_serve(str(job), run, image, pods, replicas, port, claim, token_secret, 32, 5.0, out)}")
+        return
     from shoal.config import load_job
     from shoal.job.deploy import deploy as render
 
@@ -107,6 +118,25 @@ def infer(
 
     infer_main(source, out, data, nproc, split, batch, overwrite, generate, prompt, max_new_tokens, temperature, top_k,
                samples, seed, not no_cache)
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="a run directory (model.pt, else its newest checkpoint) or RUN/checkpoints/step-N")],
+    replicas: Annotated[int, typer.Option("--replicas", help="model replicas, each in its own process")] = 1,
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="address to bind (0.0.0.0: every interface)")] = "127.0.0.1",
+    token: Annotated[Optional[str], typer.Option("--token", help="require 'Authorization: Bearer T' (default: $SHOAL_SERVE_TOKEN)")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="samples per replica batch (1: no batching)")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="how long a batch waits for more requests")] = 5.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="requests waiting at most; more get 503 + Retry-After")] = 256,
+    max_request_samples: Annotated[int, typer.Option("--max-request-samples", help="samples in one request at most (413 beyond)")] = 256,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="request body size limit (413 beyond)")] = 8 << 20,
+) -> None:
+    """Serve a trained model over HTTP: /v1/predict, /v1/generate (gpt), /healthz, /readyz, /metrics."""
+    from shoal.serve import serve_command
+
+    serve_command(str(source), replicas, port, host, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes)
 
 
 @app.command("config")

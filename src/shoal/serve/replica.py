@@ -1,0 +1,51 @@
+"""One model replica: a process of its own that loads the run and answers batches over a pipe until told to stop
+(or until the server goes away: the pipe closes and the replica exits)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+DELAY_ENV = "SHOAL_TEST_SERVE_DELAY_S"  # test-only: seconds each batch takes at least, so a test can kill a replica mid-batch
+
+
+def replica_main(source_path: str, conn, threads: int) -> None:
+    from shoal.infer.generate import generate
+    from shoal.infer.source import build, resolve
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    source = resolve(source_path, "serve")
+    model = build(source)
+    vocab = source.spec.num_classes
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind, payload = message
+        started = time.perf_counter()
+        try:
+            if kind == "predict":
+                out = model(torch.from_numpy(payload))[..., :vocab].float()
+                result = {"outputs": out.numpy(), "predictions": out.argmax(dim=-1).numpy()}
+            else:
+                tokens = generate(model, torch.tensor([payload["tokens"]]), payload["max_new_tokens"], vocab,
+                                  payload["temperature"], payload["top_k"], payload["seed"])
+                result = {"tokens": tokens[0].tolist()}
+        except Exception as err:  # a bug or an input the checks let through: that batch fails, the replica lives on
+            result = {"error": f"{type(err).__name__}: {err}"}
+        if delay:
+            time.sleep(max(delay - (time.perf_counter() - started), 0))
+        conn.send(("done", result))
+
+
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]

@@ -1,0 +1,136 @@
+"""Request checks: every malformed request becomes a 4xx whose message says what is wrong, before any replica sees it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_NEW_TOKENS = 1024
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Limits:
+    input_shape: tuple[int, ...]
+    classes: int  # vocabulary for the gpt
+    lm: bool
+    max_samples: int  # per request
+    max_body_bytes: int
+    gpt: bool
+
+
+def _no_constants(name: str):
+    raise BadRequest(400, f"malformed JSON: {name} is not a JSON number")
+
+
+def parse_body(body: bytes, content_type: str, limits: Limits) -> dict:
+    if len(body) > limits.max_body_bytes:
+        raise BadRequest(413, f"body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}")
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise BadRequest(415, f"content type {content_type!r}: send application/json")
+    try:
+        data = json.loads(body, parse_constant=_no_constants)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(400, f"malformed JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _only(data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(422, f"unknown field '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+
+
+def predict_inputs(data: dict, limits: Limits) -> np.ndarray:
+    """{"inputs": [sample, ...]} -> an array of the model's input shape and dtype."""
+    _only(data, {"inputs"})
+    if "inputs" not in data:
+        raise BadRequest(422, "missing field 'inputs': send {\"inputs\": [sample, ...]}")
+    inputs = data["inputs"]
+    if not isinstance(inputs, list):
+        raise BadRequest(422, f"'inputs' must be a list of samples, got {type(inputs).__name__}")
+    if not inputs:
+        raise BadRequest(422, "'inputs' is empty: send at least one sample")
+    if len(inputs) > limits.max_samples:
+        raise BadRequest(413, f"{len(inputs)} samples exceed the limit of {limits.max_samples} per request")
+    want = list(limits.input_shape)
+    for i, sample in enumerate(inputs):
+        shape = _shape(sample, f"inputs[{i}]", limits.lm)
+        if shape != want:
+            raise BadRequest(422, f"inputs[{i}] has shape {shape}, the model takes {want}")
+    x = np.asarray(inputs, dtype=np.int64 if limits.lm else np.float32)
+    if limits.lm and ((x < 0) | (x >= limits.classes)).any():
+        i = int(np.nonzero(((x < 0) | (x >= limits.classes)).reshape(len(x), -1).any(1))[0][0])
+        raise BadRequest(422, f"inputs[{i}] holds a token outside 0..{limits.classes - 1}")
+    if not limits.lm and not np.isfinite(x).all():
+        raise BadRequest(422, "inputs hold a number too large for float32")
+    return x
+
+
+def _shape(value, where: str, integers: bool) -> list[int]:
+    """The nested list's shape, or a 422 naming where it is ragged or not a number."""
+    if isinstance(value, list):
+        if not value:
+            raise BadRequest(422, f"{where} is an empty list")
+        shapes = [_shape(v, f"{where}[{j}]", integers) for j, v in enumerate(value)]
+        if any(s != shapes[0] for s in shapes):
+            raise BadRequest(422, f"{where} is ragged: its elements have different shapes")
+        return [len(value), *shapes[0]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(422, f"{where} is {json.dumps(value)[:40]}, not a number")
+    if integers and not isinstance(value, int):
+        raise BadRequest(422, f"{where} is {value}: the gpt takes integer token ids")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(422, f"{where} is not finite")
+    return []
+
+
+def generate_request(data: dict, limits: Limits) -> dict:
+    """{"prompt": text | "tokens": [ids], "max_new_tokens", "temperature", "top_k", "seed"} -> the replica's payload."""
+    if not limits.gpt:
+        raise BadRequest(404, "this model does not generate text (only the gpt does); use /v1/predict")
+    _only(data, {"prompt", "tokens", "max_new_tokens", "temperature", "top_k", "seed"})
+    if ("prompt" in data) == ("tokens" in data):
+        raise BadRequest(422, "give exactly one of 'prompt' (text) or 'tokens' (ids)")
+    if "prompt" in data:
+        if not isinstance(data["prompt"], str) or not data["prompt"]:
+            raise BadRequest(422, "'prompt' must be a non-empty string")
+        from shoal.errors import ShoalError
+        from shoal.infer.generate import encode
+
+        try:
+            tokens = encode(data["prompt"])[0].tolist()
+        except ShoalError as err:
+            raise BadRequest(422, str(err)) from None
+    else:
+        tokens = data["tokens"]
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise BadRequest(422, "'tokens' must be a non-empty list of integer ids")
+        if any(not 0 <= t < limits.classes for t in tokens):
+            raise BadRequest(422, f"'tokens' holds an id outside 0..{limits.classes - 1}")
+    payload = {"tokens": tokens,
+               "max_new_tokens": _number(data, "max_new_tokens", 32, int, 1, MAX_NEW_TOKENS),
+               "temperature": float(_number(data, "temperature", 0.0, float, 0.0, 100.0)),
+               "top_k": _number(data, "top_k", 0, int, 0, limits.classes),
+               "seed": _number(data, "seed", 0, int, 0, 2**63 - 1)}
+    return payload
+
+
+def _number(data: dict, key: str, default, kind, lo, hi):
+    value = data.get(key, default)
+    ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise BadRequest(422, f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)[:40]}")
+    if not lo <= value <= hi:
+        raise BadRequest(422, f"'{key}' = {value} is outside {lo}..{hi}")
+    return value
