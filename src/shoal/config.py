@@ -201,6 +201,7 @@ class HealthConfig(Section):
     heartbeat_s: float = Field(1.0, ge=0.0, le=86400.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
     straggler_threshold: float = Field(1.5, gt=1.0, description="a rank busy longer than this x the other ranks' median per step is slow")
     straggler_windows: int = Field(3, ge=1, description="log windows in a row a rank must be slow before it is named a straggler")
+    straggler_min_s: float = Field(0.01, ge=0.0, le=1e6, description="and busy at least this many seconds per step longer than that median: millisecond steps jitter by more than any threshold")
 
 
 class LogConfig(Section):

@@ -5,8 +5,9 @@
 - Stragglers: a rank's busy time per step is the CPU time it spends in the step; waiting in
   a collective does not count, so the rank everyone waits for stands out even though every
   rank's wall time is the same. At log steps one tiny all_gather compares each rank with the
-  median of the others; above `straggler_threshold` x that for `straggler_windows` windows in
-  a row, the rank is named in metrics.jsonl and the log.
+  median of the others; above `straggler_threshold` x that (and `straggler_min_s` more: steps of
+  a few milliseconds jitter by more than any ratio) for `straggler_windows` windows in a row, the
+  rank is named in metrics.jsonl and the log.
 - Hangs: a collective that times out (after `dist.timeout_s`, the process-group timeout)
   raises CollectiveTimeout naming the ranks that did not arrive (fewer collectives issued than
   this rank, or no heartbeat for a while) with their host, pid and last step.
@@ -125,7 +126,7 @@ class Health:
         self.window_busy, self.window_steps = 0.0, 0
         for i, step_s in enumerate(busy):
             others = np.median(np.delete(busy, i))
-            slow = step_s > self.cfg.straggler_threshold * others
+            slow = step_s > self.cfg.straggler_threshold * others and step_s - others > self.cfg.straggler_min_s
             self.slow_windows[i] = self.slow_windows[i] + 1 if slow else 0
             if slow and self.slow_windows[i] % self.cfg.straggler_windows == 0:
                 self._report_straggler(step, i, float(step_s), float(others))
