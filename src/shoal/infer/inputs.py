@@ -26,18 +26,16 @@ class Inputs:
 
 
 def locate(path: str | Path, source: Source, scratch: Path) -> Path:
-    """The file to read: `path` itself, or (raw rows for a run trained on a `shoal prep` output) that output's
-    fitted steps applied to it, written under `scratch`."""
+    """The file to read: `path` itself, or, for a run trained on a `shoal prep` output with fitted parameters and
+    `path` a raw Parquet file (not itself a prep output), that output's fitted steps applied to it under `scratch`."""
     from shoal.infer.prepare import fitted_dir_of, prepare
 
     path = Path(path)
     if not path.exists():
         raise ShoalError(f"--data: '{path}' not found")
-    if path.suffix == ".npz" or _features(path, source, must=False) is not None:
-        return path
     fitted = fitted_dir_of(source)
-    if fitted is None:
-        _features(path, source, must=True)  # raises, naming the missing column
+    if path.suffix == ".npz" or fitted is None or (path / "manifest.json").is_file():
+        return path
     return prepare(path, fitted, scratch / "prepared")
 
 
@@ -127,7 +125,7 @@ def _features(path: Path, source: Source, must: bool) -> list[str] | None:
         raise ShoalError(f"--data: cannot read '{files[0]}' as Parquet ({err})") from None
     missing = [f for f in features if f not in columns]
     if missing and must:
-        raise ShoalError(f"--data '{path}': lacks feature column '{missing[0]}' and the run has no fitted `shoal prep` steps to make it")
+        raise ShoalError(f"--data '{path}': lacks feature column '{missing[0]}' (data.features)")
     return None if missing else features
 
 
@@ -140,6 +138,6 @@ def _parquet(path: Path, source: Source) -> tuple[torch.Tensor, torch.Tensor | N
     has_label = bool(label) and label in pq.read_schema(files[0]).names
     columns = [*features, label] if has_label else features
     frame = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas()
-    x = torch.as_tensor(frame[features].to_numpy(dtype=np.float32))
+    x = torch.from_numpy(np.array(frame[features].to_numpy(dtype=np.float32)))
     y = torch.as_tensor(frame[label].to_numpy(dtype=np.int64)) if has_label else None
     return x, y

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,6 +24,7 @@ from shoal.serve.pool import Pool, ReplicaFailed
 from shoal.serve.validate import BadRequest, Limits, generate_request, parse_body, predict_inputs
 
 OPEN = ("/healthz", "/readyz")  # probes need no token
+ENDPOINTS = ("/v1/predict", "/v1/generate", "/healthz", "/readyz", "/metrics", "/v1/replicas")
 RETRY_AFTER_S = 1
 
 
@@ -116,21 +116,40 @@ def create_app(service: Service) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(exc.status_code, exc.detail or "error", getattr(exc, "headers", None))
 
-    async def guard(request: Request, call_next):
-        """Token check, then count and time every answer by endpoint and status."""
+    async def guard(scope, receive, send, app) -> None:
+        """Token check, then count and time every answer by endpoint and status (plain ASGI: no per-request task)."""
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
         started = time.perf_counter()
-        path = request.url.path
-        endpoint = path if path in ("/v1/predict", "/v1/generate", "/healthz", "/readyz", "/metrics", "/v1/replicas") else "other"
-        if service.token and path not in OPEN and not _authorized(request, service.token):
-            response = error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'", {"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        status = [500]
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if service.token and path not in OPEN and not _authorized(Request(scope), service.token):
+            response = error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'", {"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send_status)
+        else:
+            await app(scope, receive, send_status)
+        service.metrics.requests.labels(endpoint, str(status[0])).inc()
+        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Guard, guard=guard)],
                      exception_handlers={BadRequest: bad_request, HTTPException: http_error})
+
+
+class Guard:
+    """ASGI middleware calling `guard(scope, receive, send, app)` around the app."""
+
+    def __init__(self, app, guard):
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.guard(scope, receive, send, self.app)
 
 
 def _authorized(request: Request, token: str) -> bool:

@@ -1,0 +1,110 @@
+"""`shoal infer`: batch inference rows/s for 1 and 2 replicated processes, and gpt generation tokens/s with the
+key-value cache against recomputing the whole sequence (target: >= 3x faster for 256 tokens), in this process
+and through `shoal infer --generate` with 1 and 2 processes.
+
+Rows/s count the workers' time (from launch to the last shard written); wall time adds start-up (imports, the
+elastic agent, reading the inputs once to check them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from shoal.infer.generate import generate  # noqa: E402
+from shoal.models.gpt import build_gpt  # noqa: E402
+
+MLP = """name = "bench-infer"
+[model]
+name = "mlp"
+hidden = [1024, 1024, 1024]
+[data]
+name = "synthetic"
+synthetic_features = 64
+synthetic_classes = 10
+synthetic_samples = 512
+[train]
+global_batch_size = 64
+steps = 1
+"""
+
+
+def shoal(*args: str) -> tuple[float, str]:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-2000:])
+    return time.perf_counter() - t, proc.stdout
+
+
+def batch_inference(tmp: Path, rows: int) -> dict:
+    (tmp / "mlp.toml").write_text(MLP)
+    shoal("train", str(tmp / "mlp.toml"), "--out", str(tmp / "mlp"))
+    np.savez(tmp / "x.npz", x=np.random.default_rng(0).standard_normal((rows, 64)).astype(np.float32))
+    out = {}
+    for nproc in (1, 2):
+        wall, _ = shoal("infer", str(tmp / "mlp"), "--data", str(tmp / "x.npz"), "--out", str(tmp / f"o{nproc}"), "--nproc", str(nproc),
+                        "--batch", "256")
+        manifest = json.loads((tmp / f"o{nproc}" / "manifest.json").read_text())
+        out[f"{nproc} process(es)"] = {"rows": rows, "rows_per_s": rows / manifest["seconds"], "wall_s": wall}
+    return out
+
+
+def kv_cache(tokens: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = build_gpt(64, 65, dim=128, layers=4, heads=4).eval()  # examples/gpt_shakespeare.toml's size
+    prompt = torch.tensor([[1]])
+    out = {}
+    for cache in (True, False):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            generate(model, prompt, tokens, 65, cache=cache)
+            times.append(time.perf_counter() - t)
+        out["kv cache" if cache else "recompute"] = {"tokens": tokens, "tokens_per_s": tokens / min(times), "best_s": min(times)}
+    out["speed-up"] = out["kv cache"]["tokens_per_s"] / out["recompute"]["tokens_per_s"]
+    return out
+
+
+def generation(tmp: Path, tokens: int, samples: int) -> dict:
+    job = ROOT / "examples" / "gpt_shakespeare.toml"
+    shoal("train", str(job), "--out", str(tmp / "gpt"), "--set", "train.steps=2", "--set", "train.eval_every=0", "--set", "data.limit_eval=32")
+    out = {}
+    for nproc in (1, 2):
+        wall, _ = shoal("infer", str(tmp / "gpt"), "--out", str(tmp / f"g{nproc}"), "--generate", "--max-new-tokens", str(tokens),
+                        "--samples", str(samples), "--nproc", str(nproc), "--temperature", "0.8")
+        manifest = json.loads((tmp / f"g{nproc}" / "manifest.json").read_text())
+        out[f"{nproc} process(es)"] = {"tokens": tokens * samples, "tokens_per_s": tokens * samples / manifest["seconds"], "wall_s": wall}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50000)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "infer.json")
+    args = parser.parse_args()
+    results = {"kv cache (256 tokens, one process)": kv_cache(args.tokens, 3)}
+    print(json.dumps(results, indent=1), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results["batch inference"] = batch_inference(Path(tmp), args.rows)
+        print(json.dumps(results["batch inference"], indent=1), flush=True)
+        results["shoal infer --generate"] = generation(Path(tmp), args.tokens, 4)
+        print(json.dumps(results["shoal infer --generate"], indent=1), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

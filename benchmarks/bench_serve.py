@@ -1,0 +1,168 @@
+"""`shoal serve` under a bounded load generator on loopback: requests/s and p50/p99 latency for 1 and 2 replicas,
+with and without dynamic batching, against a plain single-process loop over the same model.
+
+The model: an MLP (64 features -> 3 x 1024 hidden -> 10) trained for one step with `shoal train`, heavy enough
+per sample that the model, not JSON, is what a request costs. Every load is a fixed number of requests from a
+fixed number of client threads on keep-alive connections, capped by a duration; every server is a real
+`shoal serve` process. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
+worse than twice one request's latency; the service's overhead over the plain loop at the same batch size <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from shoal.distributed.env import free_port  # noqa: E402
+from shoal.infer import build, resolve  # noqa: E402
+
+JOB = """name = "bench-serve"
+[model]
+name = "mlp"
+hidden = [1024, 1024, 1024]
+[data]
+name = "synthetic"
+synthetic_features = 64
+synthetic_classes = 10
+synthetic_samples = 512
+[train]
+global_batch_size = 64
+steps = 1
+"""
+
+
+def train(tmp: Path) -> Path:
+    (tmp / "job.toml").write_text(JOB)
+    subprocess.run([sys.executable, "-m", "shoal", "train", str(tmp / "job.toml"), "--out", str(tmp / "run")], check=True,
+                   capture_output=True, timeout=600)
+    return tmp / "run"
+
+
+def plain_loop(run: Path, batch: int, seconds: float) -> dict:
+    """The baseline: one process, the same model, forward passes back to back (samples/s and per-batch latency)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = build(resolve(run))
+    x = torch.randn(batch, 64)
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return {"samples_per_s": batch * len(times) / sum(times), "p50_ms": 1e3 * statistics.median(times)}
+
+
+class Serve:
+    def __init__(self, run: Path, *args: str):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "shoal", "serve", str(run), "--port", str(self.port), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise SystemExit("shoal serve did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(120)
+
+
+def load(port: int, requests: int, clients: int, samples: int, max_seconds: float) -> dict:
+    """`requests` POSTs of `samples` samples each from `clients` threads (keep-alive), or fewer if `max_seconds` runs out."""
+    body = json.dumps({"inputs": np.random.default_rng(0).standard_normal((samples, 64)).round(4).tolist()}).encode()
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+    left = [requests]
+    deadline = time.perf_counter() + max_seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                if left[0] == 0 or time.perf_counter() > deadline:
+                    break
+                left[0] -= 1
+            t = time.perf_counter()
+            conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                codes[response.status] = codes.get(response.status, 0) + 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {"requests": len(lat), "codes": codes, "requests_per_s": len(lat) / wall, "samples_per_s": samples * len(lat) / wall,
+            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(int(len(lat) * 0.99), len(lat) - 1)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
+    args = parser.parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train(Path(tmp))
+        results["plain batch 1"] = plain_loop(run, 1, 5.0)
+        results["plain batch 32"] = plain_loop(run, 32, 5.0)
+        for replicas in (1, 2):
+            for batching in (False, True):
+                flags = ["--replicas", str(replicas), "--max-queue", "1024"]
+                flags += ["--max-batch", "32", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
+                server = Serve(run, *flags)
+                try:
+                    name = f"serve {replicas} replica{'s' if replicas > 1 else ''}, {'batching' if batching else 'one at a time'}"
+                    if replicas == 1 and not batching:
+                        results["single request"] = load(server.port, 100, 1, 1, args.max_seconds)
+                    results[name] = load(server.port, args.requests, args.clients, 1, args.max_seconds)
+                    if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
+                        results["serve 1 replica, requests of 32"] = load(server.port, args.requests // 4, 2, 32, args.max_seconds)
+                finally:
+                    server.stop()
+    for name, r in results.items():
+        print(f"{name:40s} " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    one, batched = results["serve 1 replica, one at a time"], results["serve 1 replica, batching"]
+    print(f"batching / one at a time (1 replica): {batched['requests_per_s'] / one['requests_per_s']:.2f}x requests/s; "
+          f"p99 {batched['p99_ms']:.1f} ms vs single request p50 {results['single request']['p50_ms']:.1f} ms")
+    overhead = 1 - results["serve 1 replica, requests of 32"]["samples_per_s"] / results["plain batch 32"]["samples_per_s"]
+    print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}%")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
