@@ -107,7 +107,8 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
 
 def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, str]]:
     rows = [("job", cfg.name), ("processes", f"{env.world_size} ({env.backend}, {env.device.type})"), ("steps", str(r.steps)),
-            ("wall time", f"{r.wall_s:.1f} s"), ("throughput", f"{r.samples_per_s:,.0f} samples/s"), ("final train loss", f"{r.train_loss:.4f}")]
+            ("wall time", f"{r.wall_s:.1f} s"), ("training time", f"{r.train_s:.1f} s (no evaluation, no checkpoints)"),
+            ("training throughput", f"{r.samples_per_s:,.0f} samples/s"), ("final train loss", f"{r.train_loss:.4f}")]
     rows += [(f"eval {k}", f"{v:.4f}") for k, v in r.eval.items()]
     if r.run_dir:
         rows.append(("run directory", r.run_dir))

@@ -48,11 +48,12 @@ class FitResult:
     model: nn.Module
     steps: int
     world_size: int
-    wall_s: float
-    samples_per_s: float
+    wall_s: float  # from the first step to the end: evaluations and checkpoints included
+    samples_per_s: float  # training throughput: samples over training time alone
     train_loss: float
     eval: dict[str, float] = field(default_factory=dict)
     run_dir: str | None = None
+    train_s: float = 0.0  # the steps' own time (evaluation and checkpoint writing excluded)
 
 
 class Window:
@@ -221,6 +222,7 @@ class Trainer:
         """One training record for the steps since the previous one; returns their global mean loss."""
         loss_sum, = self.group.sum([window.loss])
         loss, rate = loss_sum / window.steps, window.samples / window.elapsed()
+        self.trained_s += window.elapsed()
         self.log_events(step)
         signals = {k: v for monitor in self.monitors for k, v in monitor.record().items()}  # collectives: every rank
         self._log({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
@@ -257,6 +259,7 @@ class Trainer:
         window = Window()
         seen, last_loss, last_eval = 0, float("nan"), {}
         step, self.nonfinite = first, 0
+        self.trained_s = 0.0
         while step < self.steps:
             epoch = step // spe
             with self.health.step(step + 1):
@@ -292,5 +295,5 @@ class Trainer:
         self.health.close()
         if self.scalars is not None:
             self.scalars.close()
-        return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / wall if wall else 0.0,
-                         last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None)
+        return FitResult(self.layout.unwrap(), self.steps, self.env.world_size, wall, seen / self.trained_s if self.trained_s else 0.0,
+                         last_loss, last_eval, str(self.run_dir.path) if self.run_dir else None, self.trained_s)
