@@ -67,3 +67,16 @@ def test_fit_leaves_the_callers_thread_count_alone_unless_asked():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_warmup_longer_than_the_run_is_named_and_the_summary_counts_training_time_alone(capsys):
+    """A newcomer's 2-step run with 50 warm-up steps never reaches its learning rate: one warning says so. The
+    summary's throughput is over training time only (evaluation excluded), next to the wall time."""
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    cfg = {**CONFIG, "schedule": {"warmup_steps": 50}}
+    result = shoal.fit(_model(), TensorDataset(x, y), TensorDataset(x, y), config=cfg)
+    out = capsys.readouterr().out
+    assert "warning: schedule.warmup_steps = 50 exceeds the run's 2 steps" in out
+    assert "training throughput" in out and "training time" in out
+    assert 0 < result.train_s <= result.wall_s
+    assert result.samples_per_s == pytest.approx(32 / result.train_s)

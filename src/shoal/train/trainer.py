@@ -23,6 +23,7 @@ from shoal import parallel
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
 from shoal.data import fetch, microbatches
+from shoal.data.batches import to_device
 from shoal.data.prefetch import Prefetcher
 from shoal.data.prefetch import wanted as prefetch_wanted
 from shoal.distributed import DistEnv, fault_injection
@@ -35,6 +36,7 @@ from shoal.monitor.tensorboard import Scalars
 from shoal.run_dir import RunDir
 from shoal.sync import SyncStrategy
 from shoal.train.balance import Balance
+from shoal.train.losses import as_loss
 from shoal.train.metrics import evaluate_layout
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.progress import ProgressView
@@ -92,7 +94,8 @@ class Trainer:
                  train_set: Dataset, eval_set: Dataset | None, num_classes: int, run_dir: RunDir | None = None,
                  loss_fn: LossFn = F.cross_entropy, show_progress: bool = True, checkpoints: Checkpointer | None = None,
                  resume_from: Path | None = None, group: TrainingGroup | None = None):
-        self.cfg, self.env, self.dims, self.sync, self.run_dir, self.loss_fn = cfg, env, dims, sync, run_dir, loss_fn
+        self.cfg, self.env, self.dims, self.sync, self.run_dir = cfg, env, dims, sync, run_dir
+        self.loss_fn = as_loss(loss_fn, cfg.train.output_key)  # sums over samples, or tokens (shoal.train.losses)
         self.group = group or TrainingGroup.world()
         self.checkpoints, self.resume_from = checkpoints, resume_from
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
@@ -107,6 +110,9 @@ class Trainer:
         self.monitors = [MONITORS.get(name)(context) for name in cfg.log.monitors]
         self.scalars = Scalars(run_dir.path) if cfg.log.tensorboard and run_dir is not None and env.is_main else None
         self.progress = ProgressView(self.steps, show_progress and env.is_main)
+        if cfg.schedule.warmup_steps > self.steps:
+            self.progress.note(f"warning: schedule.warmup_steps = {cfg.schedule.warmup_steps} exceeds the run's {self.steps} steps: "
+                               f"the learning rate never reaches optimizer.lr = {cfg.optimizer.lr}")
         self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
         self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
         self.slow_test_hook = fault_injection.slow_samples(env.rank)
@@ -119,9 +125,9 @@ class Trainer:
         return self.plan.local_batch // self.cfg.train.grad_accum
 
     def _sample_microbatch(self) -> torch.Tensor:
-        """Inputs of one pipeline micro-batch: what stage costs are measured on."""
+        """Inputs of one pipeline micro-batch: what stage costs are measured on (a dict for transformers-style batches)."""
         size = max(self._step_batch() // self.dims.microbatches, 1)
-        return fetch(self.train_set, np.arange(min(size, len(self.train_set))))[0].to(self.env.device)
+        return to_device(fetch(self.train_set, np.arange(min(size, len(self.train_set))))[0], self.env.device)
 
     def parts(self) -> dict:
         """The named stateful parts checkpoints carry besides model, optimizer, schedule and RNG."""
@@ -138,7 +144,8 @@ class Trainer:
         epoch, in_epoch = divmod(index, self.plan.steps_per_epoch())
         per_rank = self.balance.deal(self.plan, epoch, in_epoch)  # batch shares: equal, fixed or by measured speed
         mine, total = per_rank[self.layout.dp_rank], sum(len(p) for p in per_rank)
-        load = lambda: list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device))  # noqa: E731
+        units = None if self.loss_fn.per_sample else self.loss_fn.units  # a token-level loss counts the global batch's tokens
+        load = lambda: list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device, units))  # noqa: E731
         return Prefetcher.key(mine, total), load
 
     def train_step(self, step: int) -> tuple[float, int, dict[str, float]] | None:
@@ -152,7 +159,7 @@ class Trainer:
         mine = self.balance.count(batches)
         if self.slow_test_hook is not None:
             self.slow_test_hook(mine)  # test-only: a slower device's compute per sample
-        scale = self.sync.loss_scale(mine, batches[0].global_count)
+        scale = self.sync.loss_scale(sum(mb.units for mb in batches), batches[0].global_units)  # units: samples unless tokens
         loss_share = 0.0
         for i, mb in enumerate(batches):
             last = i == len(batches) - 1
@@ -243,7 +250,8 @@ class Trainer:
         result = self.evaluate()
         if result:
             self._log({"kind": "eval", "step": step, "epoch": epoch, **result})
-            self.progress.note(f"eval @ step {step}: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}")
+            shown = "".join(f"  {k} {result[k]:.4f}" for k in ("accuracy", "perplexity") if k in result)
+            self.progress.note(f"eval @ step {step}: loss {result['loss']:.4f}{shown}")
         return result
 
     def fit(self) -> FitResult:
