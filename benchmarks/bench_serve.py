@@ -130,7 +130,8 @@ def load(port: int, requests: int, clients: int, samples: int, max_seconds: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=lambda v: [int(c) for c in v.split(",")], default=[8, 32],
+                        help="client threads of each load, comma-separated")
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
@@ -148,16 +149,19 @@ def main() -> None:
                     name = f"serve {replicas} replica{'s' if replicas > 1 else ''}, {'batching' if batching else 'one at a time'}"
                     if replicas == 1 and not batching:
                         results["single request"] = load(server.port, 100, 1, 1, args.max_seconds)
-                    results[name] = load(server.port, args.requests, args.clients, 1, args.max_seconds)
+                    for clients in args.clients:
+                        results[f"{name}, {clients} clients"] = load(server.port, args.requests, clients, 1, args.max_seconds)
                     if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
                         results["serve 1 replica, requests of 32"] = load(server.port, args.requests // 4, 2, 32, args.max_seconds)
                 finally:
                     server.stop()
     for name, r in results.items():
         print(f"{name:40s} " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
-    one, batched = results["serve 1 replica, one at a time"], results["serve 1 replica, batching"]
-    print(f"batching / one at a time (1 replica): {batched['requests_per_s'] / one['requests_per_s']:.2f}x requests/s; "
-          f"p99 {batched['p99_ms']:.1f} ms vs single request p50 {results['single request']['p50_ms']:.1f} ms")
+    for clients in args.clients:
+        one, batched = results[f"serve 1 replica, one at a time, {clients} clients"], results[f"serve 1 replica, batching, {clients} clients"]
+        print(f"{clients} clients, 1 replica: batching serves {batched['requests_per_s'] / one['requests_per_s']:.2f}x the requests/s of "
+              f"one at a time; p99 {batched['p99_ms']:.1f} ms = {batched['p99_ms'] / results['single request']['p50_ms']:.1f}x one "
+              f"request's latency ({results['single request']['p50_ms']:.1f} ms)")
     overhead = 1 - results["serve 1 replica, requests of 32"]["samples_per_s"] / results["plain batch 32"]["samples_per_s"]
     print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}%")
     args.json.parent.mkdir(parents=True, exist_ok=True)

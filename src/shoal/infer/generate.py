@@ -12,14 +12,21 @@ from torch import nn
 from shoal.errors import ShoalError
 
 
-def rotate_from(x: torch.Tensor, start: int) -> torch.Tensor:
-    """gpt.rotate for positions start..start+t-1 (rotate is this with start = 0)."""
+def rotate_from(x: torch.Tensor, start: int, table: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """gpt.rotate for positions start..start+t-1 (rotate is this with start = 0); `table` holds cos and sin of
+    positions 0..n-1 (the same products, so the same values), which saves recomputing them every step."""
     t, hd = x.shape[1], x.shape[-1]
-    freqs = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32, device=x.device) / hd))
-    angles = torch.outer(torch.arange(start, start + t, dtype=torch.float32, device=x.device), freqs)
-    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+    if table is None:
+        table = rotary_table(hd, start + t, x.device)
+    cos, sin = table[0][None, start : start + t, None, :], table[1][None, start : start + t, None, :]
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def rotary_table(hd: int, positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+    angles = torch.outer(torch.arange(positions, dtype=torch.float32, device=device), freqs)
+    return angles.cos(), angles.sin()
 
 
 class KVCache:
@@ -28,6 +35,13 @@ class KVCache:
     def __init__(self):
         self.k: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rotary(self, hd: int, positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for at least `positions` positions, grown by doubling."""
+        if self._table is None or self._table[0].shape[0] < positions:
+            self._table = rotary_table(hd, max(2 * positions, 64), device)
+        return self._table
 
     def extend(self, name: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if name in self.k:
@@ -45,7 +59,8 @@ def _attend(attn: nn.Module, x: torch.Tensor, cache: KVCache, name: str, start: 
     hd = attn.head_dim
     # under tensor parallel each rank holds its share of the heads: count them from the projection's width
     q, k, v = (y.view(b, t, y.shape[-1] // hd, hd) for y in (w(x) for w in (attn.wq, attn.wk, attn.wv)))
-    q, k = rotate_from(q, start), rotate_from(k, start)
+    table = cache.rotary(hd, start + t, x.device)
+    q, k = rotate_from(q, start, table), rotate_from(k, start, table)
     k, v = cache.extend(name, k.transpose(1, 2), v.transpose(1, 2))
     q = q.transpose(1, 2)
     if start == 0:
