@@ -165,14 +165,16 @@ def plan(
                                          "ethernet) or a profile file from `shoal calibrate`")] = "h100:ib",
     nodes: Annotated[int, typer.Option("--nodes", help="machines")] = 1,
     devices_per_node: Annotated[int, typer.Option("--devices-per-node", help="accelerators (or processes) per machine")] = 8,
-    set_: Annotated[list[str], typer.Option("--set", help="override a job key, e.g. --set model.layers=96 --set train.global_batch_size=1536")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help="override a job key, e.g. --set model.layers=8 --set train.global_batch_size=64")] = [],
+    model: Annotated[str, typer.Option("--model", help="the shape directly: layers=96,dim=12288,heads=96,seq=2048,vocab=51200,batch=1536 "
+                                       "(also ffn, kv_heads, gated, tied); over the job's when both are given")] = "",
     top: Annotated[int, typer.Option("--top", help="layouts to show")] = 10,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write every layout's prediction to this JSON file")] = None,
 ) -> None:
     """Predict step time and memory of every layout (dp, fsdp, tp, pp, micro-batches, recompute) and recommend one."""
     from shoal.plan import plan_command
 
-    for line in plan_command(job, list(set_), cluster, nodes, devices_per_node, top, json_out):
+    for line in plan_command(job, list(set_), model, cluster, nodes, devices_per_node, top, json_out):
         typer.echo(line)
 
 

@@ -1,0 +1,120 @@
+"""`shoal calibrate`: measure this machine into a profile that `shoal plan --cluster FILE` reads.
+
+What it measures: matmul FLOP/s per dtype (fp32, bf16) with this process's threads; all-reduce,
+all-gather and reduce-scatter times at several message sizes between `nproc` local processes
+(gloo, or NCCL with CUDA), from which latency (small messages) and bandwidth (large ones) follow
+under the same alpha-beta model the planner uses; total memory. Links between hosts are not
+measured here: a profile of one machine says `network = intra` (rerun on a cluster's nodes).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from shoal.errors import ShoalError
+from shoal.monitor.flops import measured_peak_flops
+from shoal.plan.hardware import Device, Network, profile_toml
+
+SIZES = (4096, 1 << 20, 16 << 20)  # bytes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _time(fn, seconds: float) -> float:
+    """Median seconds of fn() over about `seconds` of repetitions (at least 3). Rank 0's first timing sets the count for
+    all ranks (each deciding for itself would leave one waiting in a collective the others never call)."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    count = torch.tensor([max(3, min(200, int(seconds / max(time.perf_counter() - t0, 1e-6))))])
+    dist.broadcast(count, 0)
+    times = []
+    for _ in range(int(count)):
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _collectives(rank: int, world: int, port: int, seconds: float, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = {}
+    for size in SIZES:
+        n = size // 4
+        buf, chunk = torch.ones(n), torch.ones(n // world)
+        gathered = torch.empty(chunk.numel() * world)
+        out[size] = {"all_reduce": _time(lambda b=buf: dist.all_reduce(b), seconds),
+                     "all_gather": _time(lambda g=gathered, c=chunk: dist.all_gather_single(g, c), seconds),
+                     "reduce_scatter": _time(lambda c=chunk, b=buf: dist.reduce_scatter_single(c, b), seconds)}
+    if rank == 0:
+        queue.put(out)
+    dist.destroy_process_group()
+
+
+def measure_collectives(nproc: int, seconds: float) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_collectives, args=(r, nproc, port, seconds, queue))
+             for port in [_free_port()] for r in range(nproc)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    if any(p.exitcode != 0 for p in procs):
+        raise ShoalError(f"calibrate: the {nproc} measuring processes failed (exit codes {[p.exitcode for p in procs]})")
+    return queue.get(timeout=10)
+
+
+def fit_link(times: dict, nproc: int) -> tuple[float, float]:
+    """(bytes/s, latency) of the ring model 2(n-1)/n * S / bw + 2(n-1) * alpha through the smallest and largest all-reduce."""
+    small, large = min(times), max(times)
+    hops = 2 * (nproc - 1)
+    share = 2 * (nproc - 1) / nproc
+    t_small, t_large = times[small]["all_reduce"], times[large]["all_reduce"]
+    bw = share * (large - small) / max(t_large - t_small, 1e-9)
+    latency = max(t_small - share * small / bw, 0.0) / hops
+    return bw, latency
+
+
+def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3) -> Path:
+    if nproc < 2:
+        raise ShoalError("calibrate --nproc: at least 2 processes are needed to measure collectives")
+    if out.is_dir():
+        raise ShoalError(f"calibrate --out: '{out}' is a directory; give a file name such as {out / 'cluster.toml'}")
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # what each of nproc training processes gets
+    try:
+        fp32 = measured_peak_flops("cpu", torch.float32, 1024, seconds)
+        bf16 = measured_peak_flops("cpu", torch.bfloat16, 256, seconds)
+    finally:
+        torch.set_num_threads(before)
+    times = measure_collectives(nproc, seconds)
+    bw, latency = fit_link(times, nproc)
+    device = Device(f"{socket.gethostname()} CPU process ({threads} threads)", fp32, psutil.virtual_memory().total / nproc, bw, latency,
+                    achievable=1.0, flash_attention=False, dtype_bytes=4)
+    network = Network("intra (one machine: not measured)", bw, latency, 1.0)
+    measured = {"nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
+    for kind in ("all_reduce", "all_gather", "reduce_scatter"):
+        measured[f"{kind}_s"] = [times[s][kind] for s in times]
+    text = profile_toml(device, network, measured)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out
