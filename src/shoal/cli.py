@@ -15,8 +15,27 @@ except ImportError:  # pragma: no cover
 
 from shoal.errors import ShoalError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help, where a flag reads `--overwrite` (typer's boxes print `--overwrite <bool>`)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Shoal: take a PyTorch training job beyond one process, with exact numerics and honest numbers.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        import torch
+
+        typer.echo(f"shoal {version('shoal')} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="print Shoal's and torch's versions and exit", callback=_print_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Shoal: take a PyTorch training job beyond one process, with exact numerics and honest numbers."""
 
 
 @app.command()
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
     except ShoalError as err:
-        _fail(str(err))
+        _fail(str(err), err.exit_code)  # 2; an interrupted run 130 (SIGINT) or 143 (SIGTERM)
     except click_errors.NoArgsIsHelpError as err:
         print(err.ctx.get_help() if err.ctx else "see shoal --help")
         sys.exit(0)
@@ -223,6 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)

@@ -113,3 +113,18 @@ def test_the_real_command_prints_no_traceback(files, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "model.name" in proc.stderr
+
+
+def test_version_and_flags_read_as_a_newcomer_expects(capsys):
+    """`shoal --version` names Shoal's and torch's versions; boolean options are shown as flags, not `<bool>`."""
+    from shoal.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shoal ") and "torch " in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--overwrite " in help_text and "<bool>" not in help_text
