@@ -101,6 +101,7 @@ def deploy(
     port: Annotated[int, typer.Option("--port", help="serve: container port")] = 8000,
     claim: Annotated[str, typer.Option("--claim", help="serve: PersistentVolumeClaim holding the run directory")] = "shoal-runs",
     token_secret: Annotated[Optional[str], typer.Option("--token-secret", help="serve: Secret whose key 'token' clients must send")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a key, as in `shoal train` (repeatable): checked here, passed on")] = [],
 ) -> None:
     """Write the files that run a job on a cluster under torchrun: Kubernetes (Kubeflow) or SLURM; `serve k8s RUN`: a service."""
     if target == "serve":
@@ -111,7 +112,7 @@ def deploy(
     from shoal.config import load_job
     from shoal.job.deploy import deploy as render
 
-    typer.echo(f"wrote {render(target, job, load_job(job), nnodes, nproc_per_node, image, max_restarts, out)}")
+    typer.echo(f"wrote {render(target, job, load_job(job, list(set_)), nnodes, nproc_per_node, image, max_restarts, out, tuple(set_))}")
 
 
 @app.command()

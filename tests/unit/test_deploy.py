@@ -115,3 +115,16 @@ def test_deploy_errors_are_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_deploy_takes_set_like_train_and_passes_it_on(tmp_path, capsys):
+    """`--set` is checked here (a bad key fails before any file is written) and travels to `shoal train`."""
+    script = deploy(tmp_path, "slurm", "--nproc-per-node", "1", "--set", "train.steps=7", "--set", 'name="two words"')
+    assert "--set train.steps=7" in script and "--set 'name=\"two words\"'" in script
+    manifest = list(yaml.safe_load_all(deploy(tmp_path, "k8s", "--set", "train.steps=7")))
+    command = manifest[1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-2:] == ["--set", "train.steps=7"]
+    with pytest.raises(SystemExit) as done:
+        main(["deploy", "k8s", str(tmp_path / "job.toml"), "--set", "train.nope=1", "--out", str(tmp_path / "bad.yaml")])
+    assert done.value.code == 2 and "train.nope" in capsys.readouterr().err
+    assert not (tmp_path / "bad.yaml").exists()

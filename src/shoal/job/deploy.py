@@ -37,6 +37,7 @@ class Deployment:
     nproc_per_node: int
     image: str
     max_restarts: int
+    overrides: tuple[str, ...] = ()  # --set of `shoal deploy`: passed on to `shoal train` on the cluster
 
     @property
     def name(self) -> str:
@@ -49,7 +50,8 @@ class Deployment:
         return self.min_nodes != self.max_nodes
 
 
-def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | None, image: str, max_restarts: int) -> Deployment:
+def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | None, image: str, max_restarts: int,
+               overrides: tuple[str, ...] = ()) -> Deployment:
     lo, hi = parse_nnodes(nnodes)
     nproc = nproc_per_node if nproc_per_node is not None else cfg.nproc
     if nproc < 1:
@@ -58,7 +60,7 @@ def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | Non
         raise ShoalError(f"--max-restarts {max_restarts}: must be 0 or more")
     if not image.strip():
         raise ShoalError("--image: give the container image that has shoal installed, e.g. --image registry/shoal:0.1")
-    return Deployment(job, job.read_text(), cfg, lo, hi, nproc, image.strip(), max_restarts)
+    return Deployment(job, job.read_text(), cfg, lo, hi, nproc, image.strip(), max_restarts, tuple(overrides))
 
 
 def check_world_sizes(d: Deployment) -> None:
@@ -70,15 +72,15 @@ def check_world_sizes(d: Deployment) -> None:
     check_node_counts(d.cfg, describe(d.cfg.data, d.cfg.seed).n_train, d.nproc_per_node, d.min_nodes, d.max_nodes)
 
 
-def _train_args(job_file: str, out: str) -> list[str]:
-    return ["-m", "shoal", "train", job_file, "--out", out]
+def _train_args(job_file: str, out: str, overrides: tuple[str, ...] = (), quote=str) -> list[str]:
+    return ["-m", "shoal", "train", job_file, "--out", out, *[a for o in overrides for a in ("--set", quote(o))]]
 
 
 def kubernetes_manifest(d: Deployment) -> str:
     """Two YAML documents: the job file as a ConfigMap, and the PyTorchJob that mounts it."""
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{d.name}-job"},
                   "data": {"job.toml": d.job_text}}
-    command = ["torchrun", *_train_args(f"{JOB_MOUNT}/job.toml", f"{RUNS_MOUNT}/{d.name}")]
+    command = ["torchrun", *_train_args(f"{JOB_MOUNT}/job.toml", f"{RUNS_MOUNT}/{d.name}", d.overrides)]
     pod = {"spec": {
         "containers": [{
             "name": "pytorch",  # the operator finds the training container by this name
@@ -122,7 +124,7 @@ def slurm_script(d: Deployment) -> str:
     nnodes = [f'"{d.min_nodes}:$SLURM_NNODES"', "--rdzv-conf", "last_call_timeout=5"] if d.elastic else ['"$SLURM_NNODES"']
     torchrun = ["torchrun", "--nnodes", *nnodes, "--nproc-per-node", str(d.nproc_per_node),
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f'"$head:{RDZV_PORT}"', "--rdzv-id", '"$SLURM_JOB_ID"',
-                "--max-restarts", str(d.max_restarts), *_train_args(job_file, f'"runs/{d.name}-$SLURM_JOB_ID"')]
+                "--max-restarts", str(d.max_restarts), *_train_args(job_file, f'"runs/{d.name}-$SLURM_JOB_ID"', d.overrides, shlex.quote)]
     return "\n".join([
         "#!/bin/bash",
         f"#SBATCH --job-name={d.name}",
@@ -143,12 +145,12 @@ RENDERERS = {"k8s": (kubernetes_manifest, ".yaml"), "slurm": (slurm_script, ".sb
 
 
 def deploy(target: str, job: Path, cfg: JobConfig, nnodes: str = "2", nproc_per_node: int | None = None,
-           image: str = "shoal:latest", max_restarts: int = 3, out: Path | None = None) -> Path:
+           image: str = "shoal:latest", max_restarts: int = 3, out: Path | None = None, overrides: tuple[str, ...] = ()) -> Path:
     """Render the files for `target` and write them to `out` (default: NAME.yaml or NAME.sbatch here)."""
     if target not in RENDERERS:
         raise ShoalError(f"deploy target '{target}': choose k8s or slurm")
     render, suffix = RENDERERS[target]
-    d = deployment(job, cfg, nnodes, nproc_per_node, image, max_restarts)
+    d = deployment(job, cfg, nnodes, nproc_per_node, image, max_restarts, overrides)
     check_world_sizes(d)
     target = out or Path(f"{d.name}{suffix}")
     check_output_file(target)
