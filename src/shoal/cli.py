@@ -203,11 +203,12 @@ def calibrate(
     out: Annotated[Path, typer.Option("--out", help="profile file to write (TOML), for `shoal plan --cluster FILE`")] = Path("cluster.toml"),
     nproc: Annotated[int, typer.Option("--nproc", help="processes for the collective measurements")] = 2,
     seconds: Annotated[float, typer.Option("--seconds", help="time spent on each measurement")] = 0.3,
+    job: Annotated[Optional[Path], typer.Option("--job", help="also measure the share of peak this job's model reaches in one step")] = None,
 ) -> None:
     """Measure this machine (matmul FLOP/s per dtype, collective bandwidth and latency, memory) into a profile file."""
     from shoal.plan.calibrate import calibrate as measure
 
-    typer.echo(f"wrote {measure(out, nproc, seconds)}")
+    typer.echo(f"wrote {measure(out, nproc, seconds, job)}")
 
 
 @app.command()

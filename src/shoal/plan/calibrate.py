@@ -3,7 +3,8 @@
 What it measures: matmul FLOP/s per dtype (fp32, bf16) with this process's threads; all-reduce,
 all-gather and reduce-scatter times at several message sizes between `nproc` local processes
 (gloo, or NCCL with CUDA), from which latency (small messages) and bandwidth (large ones) follow
-under the same alpha-beta model the planner uses; total memory. Links between hosts are not
+under the same alpha-beta model the planner uses; total memory. With a job file, also the share of
+that peak one training step of the job's own model reaches (`achievable`; 1.0 without). Links between hosts are not
 measured here: a profile of one machine says `network = intra` (rerun on a cluster's nodes).
 """
 
@@ -92,7 +93,50 @@ def fit_link(times: dict, nproc: int) -> tuple[float, float]:
     return bw, latency
 
 
-def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3) -> Path:
+def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: float) -> dict:
+    """The share of the matmul peak one training step of the job's own model reaches (forward, backward, optimizer) on
+    one process's share of the batch: what `achievable` should be for that model on this machine."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from shoal.config import load_job
+    from shoal.data import fetch
+    from shoal.data import load as load_data
+    from shoal.models import build_model
+    from shoal.models.gpt import lm_loss
+
+    cfg = load_job(job)
+    splits = load_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
+    size = max(cfg.train.global_batch_size // nproc, 1)
+    inputs, targets = fetch(splits.train, torch.arange(min(size, len(splits.train))).numpy())[:2]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def step() -> None:
+        loss_fn(model(inputs), targets, reduction="sum").backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        times, start = [], time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    step_s = sorted(times)[len(times) // 2]
+    return {"job": str(job), "job_step_s": step_s, "job_flops_per_step": flops, "job_achievable": flops / step_s / peak}
+
+
+def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None = None) -> Path:
     if nproc < 2:
         raise ShoalError("calibrate --nproc: at least 2 processes are needed to measure collectives")
     if out.is_dir():
@@ -107,10 +151,11 @@ def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3) -> Path:
         torch.set_num_threads(before)
     times = measure_collectives(nproc, seconds)
     bw, latency = fit_link(times, nproc)
+    fit = model_efficiency(job, nproc, threads, fp32, seconds) if job is not None else {}
     device = Device(f"{socket.gethostname()} CPU process ({threads} threads)", fp32, psutil.virtual_memory().total / nproc, bw, latency,
-                    achievable=1.0, flash_attention=False, dtype_bytes=4)
+                    achievable=min(fit.get("job_achievable", 1.0), 1.0), flash_attention=False, dtype_bytes=4)
     network = Network("intra (one machine: not measured)", bw, latency, 1.0)
-    measured = {"nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
+    measured = {**fit, "nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
     for kind in ("all_reduce", "all_gather", "reduce_scatter"):
         measured[f"{kind}_s"] = [times[s][kind] for s in times]
     text = profile_toml(device, network, measured)
