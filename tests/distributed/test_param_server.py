@@ -24,7 +24,7 @@ lr = 0.01
 name = "cosine"
 warmup_steps = 3
 [train]
-global_batch_size = 32
+global_batch_size = 36  # shoal train's preflight divides it by all 3 processes, servers included
 steps = 14
 log_every = 1
 clip_grad_norm = 1.0
@@ -96,11 +96,11 @@ def test_async_staleness_is_measured_and_logged(ps, dirs):
     assert train[-1]["comm_rounds"] == ps["async"]["steps"] and train[-1]["comm_bytes_total"] > 0
 
 
-# Eval accuracy on the 360 held-out digits after 3 epochs (135 steps, MLP 32 hidden, 2 workers, worker 1 3x slower).
-@pytest.mark.parametrize("case", ["async", "ssp2"])
-def test_async_and_ssp_train_digits_to_a_stated_accuracy(ps, dirs, case):
-    print(case, ps[case]["eval"], [(r["step"], r["staleness_max"], round(r["staleness_mean"], 2)) for r in records(dirs / case, "train")])
-    assert ps[case]["eval"]["accuracy"] >= 0.80, ps[case]["eval"]
+# Eval accuracy on the 360 held-out digits after 3 epochs (135 steps per worker, MLP 32 hidden, 2 workers, worker 1
+# three times slower). Measured: async 0.903 (270 updates of 16 samples), ssp 0.841 (135 clock updates of 32, as sync).
+@pytest.mark.parametrize("case, least", [("async", 0.85), ("ssp2", 0.80)])
+def test_async_and_ssp_train_digits_to_a_stated_accuracy(ps, case, least):
+    assert ps[case]["eval"]["accuracy"] >= least, ps[case]["eval"]
 
 
 def test_roles_and_shards_are_in_the_records(ps, dirs):

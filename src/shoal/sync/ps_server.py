@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message
+from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message, trainable, write_values
 
 
 class ShardModule(nn.Module):
@@ -51,8 +51,10 @@ class Server:
         self.cfg, self.index, self.workers, self.steps = cfg, index, workers, steps
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
         lo, hi = shards.range(index)
-        self.size = hi - lo
-        self.module = ShardModule(f"ps_server{index}", flat_values([p for p in model.parameters() if p.requires_grad])[lo:hi].clone())
+        self.size, self.shards = hi - lo, shards
+        self.model = model  # a whole copy: what this rank writes into the checkpoint's model and optimizer entries
+        self.module = ShardModule(f"ps_server{index}", flat_values(trainable(model))[lo:hi].clone())
+        self.standin = make_optimizer(trainable(model), cfg.optimizer)  # never steps: mirrors the workers' idle optimizer
         self.optimizer = make_optimizer([self.module.flat], cfg.optimizer)
         self.scheduler = make_scheduler(self.optimizer, steps, cfg.schedule)
         self.server_group = server_group
@@ -66,12 +68,17 @@ class Server:
         self.every = 0
         self.checkpoints = None
 
-    # --- the part checkpoints carry (besides the range and optimizer state, which are DCP shards) ---
+    # --- the part checkpoints carry: this server's range, its optimizer and schedule, its clocks ---
     def state_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "clocks": list(self.clocks), "completed": self.completed,
-                "applied": self.applied, "stale_sum": self.stale_sum, "stale_max": self.stale_max}
+        return {"shard": self.module.flat.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "version": self.version, "clocks": list(self.clocks),
+                "completed": self.completed, "applied": self.applied, "stale_sum": self.stale_sum, "stale_max": self.stale_max}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.module.flat.copy_(state["shard"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.version, self.clocks, self.completed = state["version"], list(state["clocks"]), state["completed"]
         self.applied, self.stale_sum, self.stale_max = state["applied"], state["stale_sum"], state["stale_max"]
 
@@ -82,7 +89,7 @@ class Server:
         self.every = self.cfg.checkpoint.every if checkpoints is not None else 0
         first = 0
         if resume_from is not None:
-            first = checkpoints.load(resume_from, [self.module], self.optimizer, self.scheduler, {"ps_server": self}).step
+            first = checkpoints.load(resume_from, [self.model], self.standin, self.scheduler, {"ps_server": self}).step
         if self.mode == "sync":
             self._run_sync(first)
         else:
@@ -94,7 +101,23 @@ class Server:
         return first
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(step, [self.module], self.optimizer, self.scheduler, {}, parts={"ps_server": self})
+        """Collective with the workers (and, with several servers, among the servers first). The model and optimizer
+        entries every rank writes under the same keys must agree: this rank writes the whole current parameters
+        (every worker holds them at a checkpoint step) and an idle optimizer like the workers'; its own state
+        travels in its part."""
+        write_values(trainable(self.model), self._whole())
+        self.checkpoints.save(step, [self.model], self.standin, self.scheduler, {}, parts={"ps_server": self})
+
+    def _whole(self) -> torch.Tensor:
+        mine = self.module.flat.detach()
+        if self.server_group is None:
+            return mine
+        widest = max(self.shards.size(j) for j in range(len(self.shards.bounds) - 1))
+        padded = torch.zeros(widest)
+        padded[: mine.numel()] = mine
+        every = [torch.zeros(widest) for _ in range(len(self.shards.bounds) - 1)]
+        dist.all_gather(every, padded, group=self.server_group)
+        return torch.cat([t[: self.shards.size(j)] for j, t in enumerate(every)])
 
     def _due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0 and step < self.steps
