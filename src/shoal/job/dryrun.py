@@ -19,6 +19,7 @@ from torch import nn
 from shoal.checkpoint import newest_intact, read_marker, saved_shapes
 from shoal.config import JobConfig
 from shoal.data import DataSpec, plan_for, total_steps
+from shoal.data.batches import call_model
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
 from shoal.models import build_model, last_line, resolve_factory
@@ -110,6 +111,10 @@ def check_forward(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, model: nn.
     if out is None:
         return  # too big to run for real and the meta device cannot: the workers will tell
     name = cfg.model.name
+    if not isinstance(out, torch.Tensor):  # a ModelOutput, dict or tuple: the loss scores train.output_key (shoal.train.losses)
+        from shoal.train.losses import scores_of
+
+        out = scores_of(out, cfg.train.output_key)
     if not isinstance(out, torch.Tensor):
         raise ShoalError(f"model.name: {name} returned {type(out).__name__} from forward, not a tensor of class scores")
     if spec.task == "lm":
@@ -124,6 +129,8 @@ def check_forward(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, model: nn.
 
 
 def _sample(spec: DataSpec, batch: int, device: str) -> torch.Tensor:
+    if spec.dict_inputs:  # transformers-style batches: the model is called as model(**batch)
+        return {"input_ids": torch.zeros((batch, *spec.input_shape), dtype=torch.long, device=device)}
     if spec.task == "lm":
         return torch.zeros((batch, *spec.input_shape), dtype=torch.long, device=device)
     return torch.zeros((batch, *spec.input_shape), device=device)
@@ -133,7 +140,7 @@ def _forward(cfg: JobConfig, spec: DataSpec, model: nn.Module, batch: int) -> to
     if _is_meta(model):
         try:
             with torch.no_grad():
-                return model(_sample(spec, batch, "meta"))
+                return call_model(model, _sample(spec, batch, "meta"))
         except Exception:  # an op without a meta kernel, or a real mismatch: run it for real to tell which
             pass
         if sum(p.numel() for p in model.parameters()) > CPU_RETRY_PARAMS:
@@ -141,7 +148,7 @@ def _forward(cfg: JobConfig, spec: DataSpec, model: nn.Module, batch: int) -> to
         model = _build(cfg, spec, meta=False)
     try:
         with torch.no_grad():
-            return model(_sample(spec, batch, "cpu"))
+            return call_model(model, _sample(spec, batch, "cpu"))
     except ShoalError:
         raise
     except Exception as err:

@@ -25,7 +25,12 @@ def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bo
     splits = load_data(cfg.data, cfg.seed)
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
         model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
-    loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
+    if cfg.train.loss != "auto" or splits.spec.dict_inputs:
+        loss_fn = None  # train.loss (and data.task) decide: shoal.train.losses
+    else:
+        loss_fn = lm_loss if splits.spec.task == "lm" and cfg.data.name == "shakespeare" else None if splits.spec.task == "lm" else F.cross_entropy
+    if cfg.data.task == "auto" and splits.spec.task == "lm":
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": "lm"})})  # what the data said it is
     result = fit(model, splits.train, splits.eval, cfg, num_classes=splits.spec.num_classes, loss_fn=loss_fn, out=out,
                  overwrite=overwrite, resume=resume, _model_from_job=True, _run_id=run_id)
     return {"eval": result.eval, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s, "steps": result.steps}

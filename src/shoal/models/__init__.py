@@ -76,6 +76,10 @@ def _call_factory(factory: Callable[..., nn.Module], shape, classes: int, cfg: M
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """The same seed gives the same initial weights on every rank and every world size."""
     torch.manual_seed(seed)
+    if cfg.name.startswith("hf:"):  # a transformers model from its config class (shoal.models.hf)
+        from shoal.models.hf import build_hf
+
+        return build_hf(cfg.name, input_shape, num_classes, cfg.kwargs, cfg.dropout)
     if cfg.name in BUILTIN:
         try:
             return BUILTIN[cfg.name](input_shape, num_classes, cfg)

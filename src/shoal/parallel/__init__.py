@@ -43,10 +43,10 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
             materialize([model], model, env.device)
         if p.activation_checkpointing:
             recompute.apply(model)
-        return Replicated([wrap(model, sample)], dims, env, keys)
+        return Replicated([wrap(model, sample if isinstance(sample, torch.Tensor) else None)], dims, env, keys)  # dict batches: no probe
     split = pipeline.choose_split(model, sample.to("meta") if is_meta([model]) else sample, dims, p) if dims.pp > 1 else None
     if dims.tp > 1:
-        tensor.apply(model, dims.submesh("tp"), p)
+        tensor.apply(model, dims.submesh("tp"), p, sample)
     stages = pipeline.local_stages(model, split, dims.coords(env.rank)["pp"], dims.pp) if split else {0: model}
     modules = list(stages.values())
     for m in modules:

@@ -31,11 +31,25 @@ def require_chain(model: nn.Module, why: str) -> list[str]:
 
 
 def blocks(model: nn.Module) -> list[str]:
-    """Units worth wrapping one by one (FSDP, checkpointing): the model's own list, else chain layers with weights."""
+    """Units worth wrapping one by one (FSDP, checkpointing): the model's own list, else chain layers with weights,
+    else the blocks of its repeated block list (a transformers model's `transformer.h`, `encoder.layer`, `model.layers`)."""
     if hasattr(model, "checkpoint_layers"):
         return list(model.checkpoint_layers())
-    names = chain(model) or []
+    names = chain(model)
+    if names is None:
+        found = block_list(model)
+        return [f"{found}.{i}" for i in range(len(model.get_submodule(found)))] if found else []
     return [n for n in names if any(True for _ in model.get_submodule(n).parameters())]
+
+
+def block_list(model: nn.Module) -> str | None:
+    """The path of the model's list of repeated transformer blocks: the first ModuleList of two or more modules of one
+    class, with weights (`transformer.h` in GPT-2, `bert.encoder.layer`, `model.layers` in Llama); None without one."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
+            if any(True for _ in module[0].parameters()):
+                return name
+    return None
 
 
 def has_module(model: nn.Module, name: str) -> bool:

@@ -16,9 +16,15 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from shoal.data.batches import call_model
 from shoal.distributed import DistEnv
 from shoal.distributed.mesh import ParallelDims
 from shoal.parallel import gather, norm
+
+
+def _labels(loss_fn) -> bool:
+    """Dict batches keep `labels` in the model's inputs only when the loss is the model's own."""
+    return getattr(loss_fn, "wants_labels", False)
 
 
 class Layout:
@@ -60,7 +66,7 @@ class Layout:
 
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Model output on ranks that hold it (None elsewhere); a collective among model-parallel peers."""
-        return self.model(x)
+        return call_model(self.model, x)
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         return norm.clip_grad_norm_(self.parameters(), max_norm, self.dims)
@@ -84,7 +90,7 @@ class Replicated(Layout):
 
     def forward_backward(self, x, y, loss_fn, scale, sync):
         with self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else contextlib.nullcontext():
-            loss = loss_fn(self.model(x), y, reduction="sum") * scale
+            loss = loss_fn(call_model(self.model, x, _labels(loss_fn)), y, reduction="sum") * scale
             loss.backward()
         return loss.item() / self.env.world_size
 
@@ -108,7 +114,7 @@ class Sharded(Layout):
     def forward_backward(self, x, y, loss_fn, scale, sync):
         if isinstance(self.model, FSDPModule):
             self.model.set_requires_gradient_sync(sync)
-        loss = loss_fn(self.model(x), y, reduction="sum") * scale
+        loss = loss_fn(call_model(self.model, x, _labels(loss_fn)), y, reduction="sum") * scale
         loss.backward()
         if sync:
             self.settle_grads()

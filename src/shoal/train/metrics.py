@@ -18,10 +18,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shoal.data import deal, fetch
+from shoal.data.batches import to_device
 from shoal.distributed import DistEnv
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import ParallelDims
 from shoal.parallel.layout import Layout, Replicated
+from shoal.train.losses import as_loss, scores_of
 
 
 def classification_metrics(num_classes: int, device: torch.device, group: TrainingGroup | None = None):
@@ -58,22 +60,26 @@ def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, 
     mine = shares[layout.dp_rank]
     n_batches = math.ceil(max(len(s) for s in shares) / batch_size)
     quality = classification_metrics(num_classes, env.device, group)
-    loss_sum, samples, sequences = 0.0, 0, False
+    loss = as_loss(loss_fn).for_scores()  # scores the logits (a model's own loss would average over the padding too)
+    loss_sum, samples, sequences = 0.0, 0, loss.tokens
     for b in range(n_batches):
         idx, valid = _padded(mine[b * batch_size : (b + 1) * batch_size], batch_size)
         x, y = fetch(dataset, idx)
-        out = layout.predict(x.to(env.device), y.to(env.device))
+        out = layout.predict(to_device(x, env.device), y.to(env.device))
         if out is None or not layout.scores_output or valid == 0:
             continue
+        out = scores_of(out, loss.key)
         out, y = out[:valid], y[:valid].to(out.device)
-        sequences = y.dim() > 1
-        loss_sum += float(loss_fn(out, y, reduction="sum"))
-        samples += valid
-        quality.update(out[..., :num_classes].flatten(0, -2), y.flatten())  # a padded vocabulary's extra logits are no class
+        sequences = sequences or y.dim() > 1
+        loss_sum += float(loss(out, y, reduction="sum"))
+        samples += int(loss.units(y))  # samples, or scored tokens for a token-level loss
+        scores, classes = loss.eval_view(out, y)
+        if scores is not None:
+            quality.update(scores[..., :num_classes], classes)  # a padded vocabulary's extra logits are no class
     loss_total, sample_total, seq_flag = group.sum([loss_sum, samples, float(sequences)])
     with warnings.catch_warnings():  # ranks that score nothing (early pipeline stages) still join the state sync
         warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
-        result = {k: float(v) for k, v in quality.compute().items()}
+        result = {k: float(v) for k, v in quality.compute().items()} if loss.classes else {}
     layout.train(was_training)
     result["loss"] = float(loss_total / sample_total) if sample_total else float("nan")
     if seq_flag > 0:
