@@ -21,6 +21,7 @@ was computed on (async: in pushes applied; ssp and sync: in clocks).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,7 @@ class Server:
         self.applied = self.stale_sum = self.stale_max = 0
         self.every = 0
         self.checkpoints = None
+        self.trace = Trace.wanted(index)
 
     # --- the part checkpoints carry: this server's range, its optimizer and schedule, its clocks ---
     def state_dict(self) -> dict[str, Any]:
@@ -98,6 +100,8 @@ class Server:
             if self.cfg.checkpoint.at_end and first < self.steps:
                 self._save(self.steps)
             checkpoints.wait()
+        if self.trace is not None:
+            self.trace.save()
         return first
 
     def _save(self, step: int) -> None:
@@ -212,6 +216,8 @@ class Server:
         self.optimizer.step()
         self.module.flat.grad = None
         self.version += 1
+        if self.trace is not None:
+            self.trace.add(self.version, self.module.flat)
 
     def _stale(self, staleness: int) -> None:
         self.applied += 1
@@ -226,6 +232,27 @@ class Server:
         body(reply).copy_(self.module.flat.detach())
         for work in [dist.isend(reply, dst=self.workers[w], tag=TAG) for w in indices]:
             work.wait()
+
+
+class Trace:
+    """Benchmark-only: SHOAL_TEST_PS_TRACE=DIR keeps (seconds since start, version, range) every
+    SHOAL_TEST_PS_TRACE_EVERY (10) updates and writes DIR/server-J.pt at the end, so accuracy over wall time
+    can be scored afterwards without the evaluations (collectives among the workers) a run would need."""
+
+    def __init__(self, path: str, every: int):
+        self.path, self.every, self.start, self.points = path, every, time.perf_counter(), []
+
+    @classmethod
+    def wanted(cls, index: int) -> Trace | None:
+        root = os.environ.get("SHOAL_TEST_PS_TRACE")
+        return cls(os.path.join(root, f"server-{index}.pt"), int(os.environ.get("SHOAL_TEST_PS_TRACE_EVERY", "10"))) if root else None
+
+    def add(self, version: int, values: torch.Tensor) -> None:
+        if version % self.every == 0:
+            self.points.append((time.perf_counter() - self.start, version, values.detach().clone()))
+
+    def save(self) -> None:
+        torch.save(self.points, self.path)
 
 
 def run(ctx, index: int, servers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
