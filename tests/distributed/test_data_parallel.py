@@ -27,6 +27,16 @@ def two():
     return launch_local(dp_workers.run_cases, ([*dp_workers.CASES, *dp_workers.HOOK_CASES],), nproc=2)[0]
 
 
+# A global batch of 64 does not divide by 3: it is dealt 22 + 21 + 21 (with accumulation, in micro-batches of
+# 11 and 10), and the update is still the batch mean.
+UNEVEN = ["sgd_accum_clip", "adamw_accum_clip_cosine"]
+
+
+@pytest.fixture(scope="module")
+def three():
+    return launch_local(dp_workers.run_cases, (UNEVEN,), nproc=3)[0]
+
+
 @pytest.fixture(scope="module")
 def four():
     return launch_local(dp_workers.run_cases, (list(dp_workers.CASES),), nproc=4)[0]
@@ -74,6 +84,11 @@ def test_two_processes_equal_one(single, two, name):
 @pytest.mark.parametrize("name", list(dp_workers.CASES))
 def test_four_processes_equal_one(single, four, name):
     assert max_diff(four[name]["params"], single[name]["params"]) < EXACT
+
+
+@pytest.mark.parametrize("name", UNEVEN)
+def test_three_processes_on_a_batch_that_does_not_divide_equal_one(single, three, name):
+    assert max_diff(three[name]["params"], single[name]["params"]) < EXACT
 
 
 def test_training_moves_the_weights_far_beyond_the_tolerance(single):

@@ -103,7 +103,8 @@ def test_slurm_script_is_valid_bash_with_known_sbatch_options(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["k9"], "deploy target 'k9': choose k8s or slurm"),
     (["k8s", "--nnodes", "x"], "--nnodes 'x'"),
-    (["k8s", "--nnodes", "5"], "train.global_batch_size = 48 must be divisible"),
+    (["k8s", "--nnodes", "5", "--set", "data.partition_scope='dataset'"], "train.global_batch_size = 48 must be divisible"),
+    (["k8s", "--nnodes", "2:5", "--set", "data.partition_scope='dataset'"], "(4, 6, 8, 10 processes); pick a multiple of 120"),
     (["slurm", "--nproc-per-node", "0"], "--nproc-per-node 0"),
 ])
 def test_deploy_errors_are_one_line(tmp_path, capsys, args, message):

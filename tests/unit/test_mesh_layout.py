@@ -60,10 +60,12 @@ def job(**sections) -> JobConfig:
 
 
 def test_batching_is_checked_against_the_data_parallel_degree():
-    # 4 processes as tp=2 x dp=2: the batch is dealt over 2 replicas, so 6 is fine (not a multiple of 4)
+    # 4 processes as tp=2 x dp=2: the batch is dealt over 2 replicas, so 6 divides (not a multiple of 4), and 5 is
+    # dealt 3 + 2; where every rank owns a fixed shard it must divide
     check_batching(job(parallel={"tp": 2}, train={"global_batch_size": 6, "steps": 1}), 100, 4)
+    check_batching(job(parallel={"tp": 2}, train={"global_batch_size": 5, "steps": 1}), 100, 4)
     with pytest.raises(ShoalError, match="must be divisible by processes x train.grad_accum = 2 x 1"):
-        check_batching(job(parallel={"tp": 2}, train={"global_batch_size": 5, "steps": 1}), 100, 4)
+        check_batching(job(parallel={"tp": 2}, data={"partition_scope": "dataset"}, train={"global_batch_size": 5, "steps": 1}), 100, 4)
 
 
 def test_pipeline_batches_must_split_into_microbatches():

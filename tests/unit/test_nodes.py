@@ -30,7 +30,8 @@ def test_nnodes_and_rendezvous_parse():
     (["--nnodes", "2", "--rdzv", "10.0.0.1:29400", "--node-rank", "2"], "--node-rank 2"),
     (["--rdzv", "10.0.0.1:29400"], "--rdzv and --node-rank need --nnodes"),
     (["--max-restarts", "-1"], "--max-restarts -1"),
-    (["--nnodes", "4:5", "--rdzv", "10.0.0.1:29400", "--node-rank", "0"], "train.global_batch_size = 12 must be divisible"),
+    (["--nnodes", "4:5", "--rdzv", "10.0.0.1:29400", "--node-rank", "0", "--set", "data.partition_scope='dataset'"],
+     "at every size the elastic job may run at (4, 5 processes); pick a multiple of 20"),
 ])
 def test_bad_node_options_are_one_line_errors(tmp_path, capsys, args, message):
     job = tmp_path / "job.toml"

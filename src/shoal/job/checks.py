@@ -6,6 +6,8 @@ that deploys is a job that trains.
 
 from __future__ import annotations
 
+import math
+
 from shoal.config import JobConfig
 from shoal.data.partition import split_sizes
 from shoal.data.plan import plan_for, total_steps
@@ -16,13 +18,16 @@ from shoal.plugins import import_plugins
 
 
 def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> ParallelDims:
-    """Reject layouts that cannot give every rank and micro-batch an equal share; returns the checked layout."""
+    """Reject layouts that cannot deal the batch; returns the checked layout. A batch that does not divide by the
+    processes is dealt in parts one sample apart (the loss is normalised by the whole batch, so the update is exact),
+    except where a pipeline fixes micro-batch shapes or each rank owns a fixed shard (partition_scope = "dataset")."""
     t = cfg.train
     dims = world if isinstance(world, ParallelDims) else check_layout(cfg.parallel, world)
     replicas = dims.dp_size  # the batch is dealt over the data-parallel ranks; tp and pp peers share theirs
     if cfg.parallel.batch_shares or cfg.parallel.balance != "none":
         check_batch_shares(cfg, replicas)  # shares of any size: no divisibility needed
-    elif t.global_batch_size % (replicas * t.grad_accum):
+    elif t.global_batch_size % (replicas * t.grad_accum) and (dims.pp > 1 or cfg.data.partition_scope != "batch"):
+        # otherwise the batch is dealt in parts that differ by one sample, and the update is still the exact batch mean
         raise ShoalError(
             f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum = "
             f"{replicas} x {t.grad_accum} = {replicas * t.grad_accum}; pick a multiple of {replicas * t.grad_accum}"
@@ -72,8 +77,26 @@ def check_parts(cfg: JobConfig) -> None:
 
 def check_node_counts(cfg: JobConfig, n_train: int, nproc_per_node: int, min_nodes: int = 1, max_nodes: int = 1) -> None:
     """check_batching for every world size the job may run at: an elastic job can shrink or grow to any count."""
-    for nodes in node_counts(min_nodes, max_nodes):
-        check_batching(cfg, n_train, nproc_per_node * nodes)
+    worlds = [nproc_per_node * nodes for nodes in node_counts(min_nodes, max_nodes)]
+    if len(worlds) > 1:
+        check_elastic_division(cfg, worlds)
+    for world in worlds:
+        check_batching(cfg, n_train, world)
+
+
+def check_elastic_division(cfg: JobConfig, worlds: list[int]) -> None:
+    """Where the batch must divide (a pipeline, or a fixed shard per rank), one line with the one batch size that
+    divides at every size an elastic job may run at: the least common multiple, not the first size's multiple."""
+    t, p = cfg.train, cfg.parallel
+    if p.batch_shares or p.balance != "none":
+        return
+    layouts = [check_layout(p, world) for world in worlds]
+    if all(d.pp == 1 for d in layouts) and cfg.data.partition_scope == "batch":
+        return
+    need = math.lcm(*(d.dp_size * t.grad_accum for d in layouts))
+    if t.global_batch_size % need:
+        raise ShoalError(f"train.global_batch_size = {t.global_batch_size} must be divisible by processes x train.grad_accum at every "
+                         f"size the elastic job may run at ({', '.join(map(str, worlds))} processes); pick a multiple of {need}")
 
 
 def check_pipeline_batches(cfg: JobConfig, n_train: int, dims: ParallelDims) -> None:
