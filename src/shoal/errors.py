@@ -21,6 +21,22 @@ class ShoalError(Exception):
     exit_code = 2
 
 
+class Interrupted(ShoalError):
+    """The user stopped the run (Ctrl-C, SIGTERM): exit code 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Signalled(BaseException):
+    """Raised by `shoal train`'s handler of SIGINT/SIGTERM: a BaseException, so no `except Exception` stops it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _existing_ancestor(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from error_contract import BASE, job_file, refused
 
+from error_contract import BASE, job_file, refused
 from shoal.cli import main
 
 JOB = BASE.replace("steps = 1", "steps = 4") + "[checkpoint]\nevery = 2\n"

@@ -164,7 +164,8 @@ def _array(z, key: str, path: str) -> np.ndarray:
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, where: str, xname: str = "x", yname: str = "y") -> np.ndarray:
-    """Inputs numeric (NaN allowed: train.on_nonfinite decides what a non-finite step does), shaped (samples, features...); labels 1-D integer class codes, one per sample.
+    """Inputs numeric (NaN allowed: train.on_nonfinite decides what a non-finite step does), shaped (samples, features...);
+    labels 1-D integer class codes, one per sample.
     Returns the labels as int64."""
     if x.dtype.kind not in "biuf":
         raise ShoalError(f"{where}: '{xname}' holds {x.dtype} values; inputs must be numbers (encode text and categories first, e.g. with `shoal prep`)")
@@ -237,7 +238,7 @@ def _load_parquet(cfg: DataConfig, seed: int):
         try:
             tables.append(pq.read_table(f, columns=[*features, label]))
         except Exception as err:
-            raise ShoalError(f"data.path: cannot read columns {[*features, label]} from '{f}' ({last_line(err)})") from None
+            raise ShoalError(f"data.path: cannot read columns {[*features, label]} from '{f}' ({_one_line(err)})") from None
     frame = pa.concat_tables(tables).to_pandas()
     x = frame[features].to_numpy(dtype=np.float32)
     y = check_arrays(x, frame[label].to_numpy(), f"data.path '{cfg.path}'", "features", f"label column '{label}'")
@@ -256,7 +257,7 @@ def _check_columns(path: Path, features: list[str], label: str) -> None:
     try:
         schema = pq.read_schema(path)
     except Exception as err:  # ArrowInvalid: not Parquet (magic bytes), truncated footer
-        raise ShoalError(f"data.path: '{path}' is not a readable Parquet file ({last_line(err)})") from None
+        raise ShoalError(f"data.path: '{path}' is not a readable Parquet file ({_one_line(err)})") from None
     names = schema.names
     for field, column in [*(("data.features", c) for c in features), ("data.label", label)]:
         if column not in names:
@@ -269,7 +270,7 @@ def _check_columns(path: Path, features: list[str], label: str) -> None:
                              "(encode it first, e.g. with `shoal prep`)")
 
 
-def last_line(err: BaseException) -> str:
+def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[-1].strip() if lines else type(err).__name__
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from shoal.checkpoint import latest_checkpoint
 from shoal.config import load_job
 from shoal.data import DataSpec, describe
 from shoal.distributed.env import launched_by_elastic
 from shoal.distributed.mesh import ParallelDims, check_layout
-from shoal.errors import ShoalError
+from shoal.errors import Interrupted, ShoalError, Signalled
 from shoal.job.checks import check_node_counts, check_parts
 from shoal.job.dryrun import check_resume, dry_run
-from shoal.job.worker import run_job, worker_main
+from shoal.job.worker import failure_summary, run_job, worker_main
 from shoal.launch.local import WorkerFailed, launch_local, launch_nodes
 from shoal.launch.nodes import NodeSpec
 from shoal.run_dir import check_same_model, check_writable, default_run_dir, new_run_id, read_run_info
@@ -63,6 +68,53 @@ def holding(cfg, out: Path, overwrite: bool, resume: bool, nodes: NodeSpec | Non
             lock.release()
 
 
+@contextlib.contextmanager
+def interruptible(out: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while `shoal train` runs: the lock and run directory are let go as after an error, then one
+    line says where the run got to (exit 130 / 143). Under the elastic agent its own handler raises SignalException
+    after it stopped the workers."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise Signalled(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    except Signalled as err:
+        raise Interrupted(interrupted_at(out), err.signum) from None
+    except SignalException as err:
+        raise Interrupted(interrupted_at(out), int(err.sigval)) from None
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_at(out), signal.SIGINT) from None
+    except BaseException:
+        if received:  # the signal surfaced wrapped (DCP gathers every rank's exception into a CheckpointException)
+            raise Interrupted(interrupted_at(out), received[0]) from None
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def interrupted_at(out: Path) -> str:
+    step = 0
+    with contextlib.suppress(OSError):
+        for line in (Path(out) / "metrics.jsonl").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("kind") == "train":
+                    step = max(step, int(record.get("step", 0)))
+    latest = latest_checkpoint(Path(out) / "checkpoints", read_run_info(out).get("run_id"))
+    if latest is None:
+        return (f"interrupted at step {step}; the run in '{out}' has no checkpoint yet, so it cannot be continued "
+                "(checkpoint.every makes it resumable)")
+    return f"interrupted at step {step}; continue with --resume --out {out} (from its checkpoint {latest.name})"
+
+
 def train_command(job: Path, nproc: int | None, out: Path | None, overrides: list[str], overwrite: bool,
                   nodes: NodeSpec | None = None, max_restarts: int = 0, resume: bool = False) -> dict:
     if max_restarts < 0:
@@ -79,9 +131,14 @@ def train_command(job: Path, nproc: int | None, out: Path | None, overrides: lis
     if launched_by_elastic():  # torchrun started this process as one rank
         return run_job(cfg, str(out), overwrite, resume)
     checked = preflight(cfg, nodes)
-    with holding(cfg, out, overwrite, resume, nodes, checked) as run_id:
+    with interruptible(out), holding(cfg, out, overwrite, resume, nodes, checked) as run_id:
         if cfg.nproc == 1 and nodes is None and not max_restarts:
-            return run_job(cfg, str(out), overwrite, resume, run_id)
+            try:
+                return run_job(cfg, str(out), overwrite, resume, run_id)
+            except ShoalError:
+                raise
+            except Exception as err:  # not the user's mistake: this process is rank 0's worker, and it failed
+                raise SystemExit(f"error: worker rank 0 on {socket.gethostname()} failed: {failure_summary(err, str(out), 0)}") from None
         args = (cfg.model_dump(), str(out), overwrite, resume, run_id)
         try:
             if nodes is None:

@@ -22,7 +22,7 @@ from shoal.data import DataSpec, plan_for, total_steps
 from shoal.data.batches import call_model
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
-from shoal.models import build_model, last_line, resolve_factory
+from shoal.models import build_model, one_line, resolve_factory
 from shoal.parallel import pipeline, sharded, tensor
 from shoal.parallel.layers import require_chain
 from shoal.run_dir import read_run_info
@@ -153,7 +153,7 @@ def _forward(cfg: JobConfig, spec: DataSpec, model: nn.Module, batch: int) -> to
         raise
     except Exception as err:
         raise ShoalError(f"model.name: {cfg.model.name} fails on a batch of {batch} inputs shaped {tuple(spec.input_shape)} "
-                         f"(the data's): {last_line(err)}") from None
+                         f"(the data's): {one_line(err)}") from None
 
 
 def check_pipeline(cfg: JobConfig, model: nn.Module, dims: ParallelDims) -> None:

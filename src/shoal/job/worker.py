@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +20,7 @@ from shoal.api import fit
 from shoal.config import JobConfig
 from shoal.data import load as load_data
 from shoal.errors import ShoalError
-from shoal.models import build_model
+from shoal.models import build_model, one_line
 from shoal.models.gpt import lm_loss
 from shoal.train.process import tune_process
 
@@ -38,8 +46,53 @@ def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bo
 
 def worker_main(cfg_dict: dict[str, Any], out: str | None, overwrite: bool, resume: bool = False,
                 run_id: str | None = None) -> dict[str, Any]:
-    """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line."""
+    """Entry point of a spawned worker; user errors come back as a value so the CLI can print one line. Any other
+    exception is a failure of the worker (a restart may follow): its traceback goes to RUN/logs/rank-N.log and its
+    last line to the launcher, through the error file torch's elastic agent reads."""
+    die_with_parent()
     try:
         return run_job(JobConfig.model_validate(cfg_dict), out, overwrite, resume, run_id)
     except ShoalError as err:
         return {"error": str(err)}
+    except Exception as err:
+        summary = failure_summary(err, out, int(os.environ.get("RANK", "0")))
+        raise WorkerFailure(summary) from None  # the agent's error file then holds this one line
+
+
+class WorkerFailure(Exception):
+    """What the launcher prints of a worker's unexpected exception (launch/local.py drops the class name)."""
+
+
+def failure_summary(err: BaseException, out: str | None, rank: int) -> str:
+    """One line for a worker's unexpected exception: its own last line, and where its full traceback went."""
+    summary = one_line(err)
+    if out is not None:
+        log = Path(out) / "logs" / f"rank-{rank}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                f.write(f"--- rank {rank} on {socket.gethostname()}, pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                f.write("".join(traceback.format_exception(err)))
+            summary += f" (full traceback in {log})"
+        except OSError:
+            pass
+    return summary
+
+
+def _die_by_sigint(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def die_with_parent() -> None:
+    """Linux: this worker gets SIGKILL when its launcher dies, even by SIGKILL (no orphans training on). Ctrl-C ends
+    it as a signal does, without a KeyboardInterrupt traceback: the launcher prints the one line."""
+    signal.signal(signal.SIGINT, _die_by_sigint)
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        parent = os.getppid()
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the call
+            os.kill(os.getpid(), signal.SIGKILL)

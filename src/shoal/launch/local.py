@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -71,15 +73,25 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # pytorch#135712: stale addresses on restart
     # as torchrun does: size OpenMP's pool before a worker starts, not after it built its data and model
     os.environ.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // config.nproc_per_node, 1)))
+    quiet = [logging.getLogger(name) for name in _CHATTY]  # their warnings on a signal or a failure would be lines besides ours
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
     try:
         return elastic_launch(config, entry)(*args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        raise WorkerFailed(f"worker rank {rank} failed: {_root_cause(failure)}") from None
+        raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {_root_cause(failure)}") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+
+
+_CHATTY = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
 
 
 def _root_cause(failure) -> str:
     message = failure.message
     if isinstance(message, dict):
         message = message.get("message", str(message))
-    return str(message).strip().splitlines()[0] if message else f"exit code {failure.exitcode}"
+    return str(message).strip().splitlines()[0].removeprefix("WorkerFailure: ") if message else f"exit code {failure.exitcode}"

@@ -22,10 +22,10 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def last_line(err: BaseException) -> str:
-    """An exception as one line: its type and the last line of its message (what a traceback ends with)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[-1].strip()}" if lines else type(err).__name__
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (the line a traceback ends with)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def resolve_factory(spec: str, field: str = "model.name") -> Callable[..., nn.Module]:
@@ -42,7 +42,7 @@ def resolve_factory(spec: str, field: str = "model.name") -> Callable[..., nn.Mo
     except SyntaxError as err:
         raise ShoalError(f"{field}: module '{module_name}' has a syntax error ({err.filename}, line {err.lineno}: {err.msg})") from None
     except Exception as err:  # the module's own code failed while importing
-        raise ShoalError(f"{field}: importing module '{module_name}' failed: {last_line(err)}") from None
+        raise ShoalError(f"{field}: importing module '{module_name}' failed: {one_line(err)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ShoalError(f"{field}: module '{module_name}' has no function '{attr}'")
@@ -65,7 +65,7 @@ def _call_factory(factory: Callable[..., nn.Module], shape, classes: int, cfg: M
     except ShoalError:
         raise
     except Exception as err:  # the user's code: its own last line says what went wrong
-        raise ShoalError(f"model.name: factory {cfg.name} failed: {last_line(err)}") from None
+        raise ShoalError(f"model.name: factory {cfg.name} failed: {one_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ShoalError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
     if not any(True for _ in model.parameters()):
@@ -88,4 +88,4 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     return _call_factory(resolve_factory(cfg.name), input_shape, num_classes, cfg)
 
 
-__all__ = ["build_cnn", "build_gpt", "build_mlp", "build_model", "last_line", "resolve_factory"]
+__all__ = ["build_cnn", "build_gpt", "build_mlp", "build_model", "one_line", "resolve_factory"]
