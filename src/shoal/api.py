@@ -25,7 +25,7 @@ from shoal.data.batches import DictDataset, as_pairs, check_model_takes, is_dict
 from shoal.distributed import DistEnv, init_distributed
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import check_layout
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, speaks_api
 from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
 from shoal.report import write_report
@@ -60,6 +60,7 @@ def _model_classes(model: nn.Module, task: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+@speaks_api
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
         *, num_classes: int | None = None, loss_fn: LossFn | None = None, out: str | Path | None = None,
         overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -35,6 +36,31 @@ class Signalled(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+API_WORDS = (("--overwrite", "overwrite=True"), ("--resume", "resume=True"), ("--out", "out="))
+
+
+def in_api_words(message: str) -> str:
+    """A message written for `shoal train`, worded for a caller of `shoal.fit` (overwrite=True, not --overwrite)."""
+    for option, argument in API_WORDS:
+        message = message.replace(option, argument)
+    return message
+
+
+def speaks_api(fn):
+    """`shoal.fit`'s ShoalErrors in its own words; a `shoal train` worker (`_model_from_job=True`) keeps the CLI's."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ShoalError as err:
+            if kwargs.get("_model_from_job") or isinstance(err, Interrupted):
+                raise
+            raise ShoalError(in_api_words(str(err))) from None
+
+    return wrapper
 
 
 def _existing_ancestor(path: Path) -> Path:
