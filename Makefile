@@ -26,3 +26,5 @@ bench: setup
 	.venv/bin/python benchmarks/bench_node_restart.py
 	.venv/bin/python benchmarks/bench_compression_link.py
 	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,int8,powersgd,auto --steps 160 --eval-every 40 --target 0.35
+	.venv/bin/python benchmarks/bench_plan_scale.py
+	.venv/bin/python benchmarks/bench_plan_here.py

@@ -11,6 +11,8 @@ since the previous record:
   checkpoint pauses left out by taking the median): the same on every rank of a synchronous job;
 - `rank_busy_s`: this rank's CPU seconds per step: the straggler is the rank busy longest, the
   others wait for it inside the collectives.
+With CUDA also `gpu_util_percent` (NVML through torch.cuda.utilization, when the nvidia-ml-py
+package is there) and `gpu_mem_mb` (peak memory torch allocated in the window).
 Records carry the largest value over ranks and every rank's list (`*_per_rank`).
 """
 
@@ -20,10 +22,25 @@ import time
 
 import numpy as np
 import psutil
+import torch
 
 from shoal.monitor.base import MONITORS, Monitor, MonitorContext
 
 FIELDS = ("cpu_percent", "rss_mb", "net_sent_mb", "net_recv_mb", "rank_step_s", "rank_busy_s")
+GPU_FIELDS = ("gpu_util_percent", "gpu_mem_mb")
+
+
+def gpu_figures(device: torch.device) -> list[float] | None:
+    """[utilization %, peak MB allocated since the last call] of a CUDA device; None elsewhere. -1: NVML not available."""
+    if device.type != "cuda":
+        return None
+    try:
+        util = float(torch.cuda.utilization(device))
+    except Exception:  # no NVML bindings (nvidia-ml-py) or no permission: say so with -1 rather than stop the run
+        util = -1.0
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return [util, peak]
 
 
 class StepGaps:
@@ -55,6 +72,8 @@ class System(Monitor):
         self.net = psutil.net_io_counters()
         self.gaps = StepGaps()
         self.cpu_s, self.steps = time.process_time(), 0
+        params = list(ctx.layout.parameters())
+        self.device = params[0].device if params else torch.device("cpu")
 
     def after_step(self, step: int) -> None:
         self.gaps.tick()
@@ -68,9 +87,11 @@ class System(Monitor):
         busy = (cpu_s - self.cpu_s) / max(self.steps, 1)
         self.cpu_s, self.steps = cpu_s, 0
         mine = [self.process.cpu_percent(None), self.process.memory_info().rss / 2**20, sent, recv, self.gaps.take(), busy]
-        every = self.ctx.group.gather(mine)
+        gpu = gpu_figures(self.device)
+        fields = FIELDS + (GPU_FIELDS if gpu is not None else ())
+        every = self.ctx.group.gather(mine + (gpu or []))
         out: dict = {}
-        for i, name in enumerate(FIELDS):
+        for i, name in enumerate(fields):
             column = [float(f"{v:.4g}") for v in every[:, i]]
             out[name], out[f"{name}_per_rank"] = max(column), column
         return out
