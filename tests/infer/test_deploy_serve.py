@@ -53,3 +53,17 @@ def test_errors_are_one_line(runs, capsys, args, message):
     assert shoal("deploy", *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/no/such/run"], "not found"),
+    (["RUN", "--replicas", "0"], "--replicas 0"),
+    (["RUN", "--max-wait-ms", "-1"], "--max-wait-ms"),
+    (["RUN", "--port", "0"], "--port 0"),
+    (["RUN", "--token", " "], "--token"),
+])
+def test_serve_refuses_bad_options_before_starting(runs, capsys, args, message):
+    args = [str(runs["mlp"]) if a == "RUN" else a for a in args]
+    assert shoal("serve", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -83,7 +83,9 @@ def infer_command(source_path: Path, out: Path, nproc: int = 1, data: Path | Non
         seconds = time.perf_counter() - started
         shards = [shard_name(r) for r in range(len(results)) if (staging / shard_name(r)).is_file()]
         rows = [int(r["rows"]) for r in results if r["rows"] or job.split is None]
-        info = {"source": str(source.weights), "split": job.split, "processes": nproc, "seconds": round(seconds, 3)}
+        compute_s = max((r.get("compute_s", 0.0) for r in results), default=0.0)  # the slowest worker's forward passes
+        info = {"source": str(source.weights), "split": job.split, "processes": nproc, "seconds": round(seconds, 3),
+                "compute_s": round(compute_s, 3)}
         summary = {"out": str(out), "rows": sum(rows), "shards": len(shards), "seconds": seconds}
         shutil.rmtree(staging / "prepared", ignore_errors=True)
         if job.generating:

@@ -7,6 +7,7 @@ layouts (tensor parallel without sequence sharding; pipeline stages under the GP
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,11 @@ def replicated_worker(job: InferJob) -> dict:
         return {"rows": stop - start}
     inputs = read(job.data, source)
     start, stop = shard_range(len(inputs), world, rank)
+    started = time.perf_counter()
     out = forward_batches(model, inputs.x[start:stop], job.batch, source.spec.num_classes)
+    compute_s = time.perf_counter() - started
     write_shard(Path(job.staging), rank, {"outputs": out.numpy(), "predictions": predictions(out)})
-    return {"rows": stop - start}
+    return {"rows": stop - start, "compute_s": compute_s}
 
 
 def split_layout(source, job: InferJob, sample: torch.Tensor, microbatches: int):
@@ -95,6 +98,7 @@ def split_worker(job: InferJob) -> dict:
     batch = max(job.batch - job.batch % micro, micro) if job.split == "pp" else job.batch
     env, layout = split_layout(source, job, inputs.x[:batch], micro if job.split == "pp" else 0)
     outputs = []
+    started = time.perf_counter()
     for i in range(0, len(inputs), batch):
         x = inputs.x[i : i + batch]
         valid = len(x)
@@ -106,8 +110,9 @@ def split_worker(job: InferJob) -> dict:
     if _writes(layout, env):
         out = torch.cat(outputs)
         write_shard(Path(job.staging), 0, {"outputs": out.numpy(), "predictions": predictions(out)})
+    compute_s = time.perf_counter() - started
     dist.barrier()
-    return {"rows": len(inputs) if _writes(layout, env) else 0}
+    return {"rows": len(inputs) if _writes(layout, env) else 0, "compute_s": compute_s}
 
 
 def _split_generate(source, job: InferJob) -> dict:

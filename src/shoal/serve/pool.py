@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -88,6 +89,8 @@ class Pool:
         self.replicas = [Replica(i, source, threads) for i in range(replicas)]
         self.batcher, self.metrics = batcher, metrics
         self.tasks: list[asyncio.Task] = []
+        # each driver blocks a thread on its pipe while its replica works, and a restart blocks one more
+        self.threads = ThreadPoolExecutor(max_workers=2 * replicas + 1, thread_name_prefix="shoal-replica")
 
     @property
     def ready(self) -> int:
@@ -96,7 +99,7 @@ class Pool:
     async def start(self) -> None:
         """Start every replica (in parallel) and their drivers; returns once all are loaded."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, r.start) for r in self.replicas))
+        await asyncio.gather(*(loop.run_in_executor(self.threads, r.start) for r in self.replicas))
         self.metrics.replicas_ready.set(self.ready)
         self.tasks = [asyncio.create_task(self._drive(r)) for r in self.replicas]
 
@@ -104,7 +107,8 @@ class Pool:
         await self.batcher.close()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, r.stop) for r in self.replicas))
+        await asyncio.gather(*(loop.run_in_executor(self.threads, r.stop) for r in self.replicas))
+        self.threads.shutdown(wait=False)
         self.metrics.replicas_ready.set(0)
 
     async def _drive(self, replica: Replica) -> None:
@@ -118,7 +122,7 @@ class Pool:
             if not batch:
                 continue
             try:
-                result = await loop.run_in_executor(None, replica.roundtrip, _message(batch))
+                result = await loop.run_in_executor(self.threads, replica.roundtrip, _message(batch))
             except ReplicaFailed as err:
                 await self._recover(replica, batch, err)
                 continue
@@ -143,7 +147,7 @@ class Pool:
         while True:
             replica.stop(timeout=1.0)
             try:
-                await loop.run_in_executor(None, replica.start)
+                await loop.run_in_executor(self.threads, replica.start)
                 break
             except ReplicaFailed as again:
                 log.warning("%s; trying again", again)
