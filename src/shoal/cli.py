@@ -160,11 +160,13 @@ def serve(
 
 
 @app.command("config")
-def show_config() -> None:
+def show_config(
+    markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown table (docs/config.md); the default when not printing to a terminal")] = False,
+) -> None:
     """Print every job-file key with its default and meaning."""
-    from shoal.config_doc import render_markdown
+    from shoal.config_doc import render_markdown, render_text
 
-    typer.echo(render_markdown())
+    typer.echo(render_markdown() if markdown or not sys.stdout.isatty() else render_text())
 
 
 @app.command()

@@ -88,11 +88,11 @@ class DataConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum and nesterov below) or adamw (decoupled weight decay)")
+    lr: float = Field(0.05, gt=0.0, description="learning rate: the peak of the schedule")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     nesterov: bool = Field(False, description="sgd only")
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="sgd: L2 penalty added to the gradient; adamw: decoupled decay")
     betas: tuple[Unit, Unit] = Field((0.9, 0.999), description="adamw only: each in [0, 1)")
     eps: float = Field(1e-8, gt=0.0, description="adamw only")
 
@@ -100,7 +100,7 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     name: Literal["constant", "cosine"] = Field("constant", description="constant, or cosine decay to min_lr_ratio * lr")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many optimizer steps")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: the learning rate at the end, as a fraction of lr")
 
 
 class TrainConfig(Section):

@@ -47,4 +47,16 @@ def test_warmup_then_cosine():
 
 def test_docs_config_reference_is_current():
     doc = (Path(__file__).parents[2] / "docs" / "config.md").read_text()
-    assert render_markdown() in doc, "docs/config.md is stale: regenerate it with `shoal config`"
+    assert render_markdown() in doc, "docs/config.md is stale: regenerate it with `shoal config --markdown`"
+
+
+def test_shoal_config_reads_in_a_terminal_and_names_every_choice():
+    """By section, `key = default` and the meaning under it (no Markdown escapes); enumerated keys list their choices."""
+    from shoal.config_doc import render_text
+
+    text = render_text(100)
+    assert "[train]" in text and "\nglobal_batch_size = " in text and "\\|" not in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "choices: sgd, adamw" in render_markdown() or "sgd (with momentum" in render_markdown()
+    assert "(choices: contiguous, round_robin, random)" in render_markdown()
+    assert "| `optimizer.lr` | `0.05` |  |" not in render_markdown()  # every key says what it means
