@@ -4,7 +4,8 @@ with and without dynamic batching, against a plain single-process loop over the 
 The model: an MLP (64 features -> 3 x 1024 hidden -> 10) trained for one step with `shoal train`, heavy enough
 per sample that the model, not JSON, is what a request costs. Every load is a fixed number of requests from a
 fixed number of client threads on keep-alive connections, capped by a duration; every server is a real
-`shoal serve` process. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
+`shoal serve` process. Every replica and the plain loop use one intra-op thread: on a shared 2-core machine
+more threads mostly measure OpenMP threads spinning against other load. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
 worse than twice one request's latency; the service's overhead over the plain loop at the same batch size <= 10%.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -56,7 +56,7 @@ def train(tmp: Path) -> Path:
 
 def plain_loop(run: Path, batch: int, seconds: float) -> dict:
     """The baseline: one process, the same model, forward passes back to back (samples/s and per-batch latency)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)
     model = build(resolve(run))
     x = torch.randn(batch, 64)
     times = []
@@ -142,7 +142,7 @@ def main() -> None:
         results["plain batch 32"] = plain_loop(run, 32, 5.0)
         for replicas in (1, 2):
             for batching in (False, True):
-                flags = ["--replicas", str(replicas), "--max-queue", "1024"]
+                flags = ["--replicas", str(replicas), "--max-queue", "1024", "--threads", "1"]
                 flags += ["--max-batch", "32", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
                 server = Serve(run, *flags)
                 try:

@@ -152,11 +152,13 @@ def serve(
     max_queue: Annotated[int, typer.Option("--max-queue", help="requests waiting at most; more get 503 + Retry-After")] = 256,
     max_request_samples: Annotated[int, typer.Option("--max-request-samples", help="samples in one request at most (413 beyond)")] = 256,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="request body size limit (413 beyond)")] = 8 << 20,
+    threads: Annotated[int, typer.Option("--threads", help="intra-op threads per replica (0: cores / replicas)")] = 0,
 ) -> None:
     """Serve a trained model over HTTP: /v1/predict, /v1/generate (gpt), /healthz, /readyz, /metrics."""
     from shoal.serve import serve_command
 
-    serve_command(str(source), replicas, port, host, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes)
+    serve_command(str(source), replicas, port, host, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes,
+                  threads=threads)
 
 
 @app.command("config")

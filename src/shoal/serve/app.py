@@ -39,6 +39,7 @@ class Service:
     pool: Pool | None = None
     batcher: Batcher | None = None
     draining: bool = False
+    threads: int = 0  # intra-op threads per replica (0: cores / replicas)
 
     @property
     def ready(self) -> bool:
@@ -53,7 +54,7 @@ def create_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher = Batcher(*service.batcher_args)
-        service.pool = Pool(service.source, service.replicas, service.batcher, service.metrics)
+        service.pool = Pool(service.source, service.replicas, service.batcher, service.metrics, service.threads)
         await service.pool.start()
         yield
         service.draining = True
