@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f"shoal {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "shoal --help"
         _fail(f"{err.format_message()} (see {where})")
     except getattr(click_errors, "Abort", ()):  # vendored click in recent typer has no Abort; `except ()` matches nothing
-        _fail("aborted")
-    except KeyboardInterrupt:  # Ctrl-C outside a training run (`shoal train` itself says where its run got to)
+        _fail("interrupted", 130)  # click turns Ctrl-C into Abort (`shoal train` itself says where its run got to)
+    except KeyboardInterrupt:
         _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
