@@ -60,7 +60,9 @@ class ParamServer(SyncStrategy):
         self.workers = list(ctx.group.ranks)
         self.servers = list(range(len(self.workers), ctx.env.world_size))
         self.trains = ctx.env.rank in self.workers
-        self.server_group = dist.new_group(self.servers) if len(self.servers) > 1 else None  # every rank calls it
+        gloo = dist.get_backend() == "gloo"  # messages travel from CPU memory: over gloo, whatever the job's backend
+        self.wire = None if gloo else dist.new_group(backend="gloo")  # every rank calls new_group, in this order
+        self.server_group = dist.new_group(self.servers, backend="gloo") if len(self.servers) > 1 else None
         self.params: list[nn.Parameter] = []
         self.shards: Shards | None = None
         self.versions = [0] * len(self.servers)  # per server: the version this worker's parameters come from
@@ -77,7 +79,7 @@ class ParamServer(SyncStrategy):
         steps = self.total_steps(self.batch_plan(len(train_set), train_set))
         index = self.servers.index(self.ctx.env.rank)
         wall = ps_server.run(self.ctx, index, self.servers, Shards.of(model, len(self.servers)), model, steps,
-                             make_optimizer, make_scheduler, self.server_group, checkpoints, resume_from)
+                             make_optimizer, make_scheduler, self.server_group, self.wire, checkpoints, resume_from)
         return steps, wall
 
     # --- workers ---
@@ -109,7 +111,7 @@ class ParamServer(SyncStrategy):
             push = message(hi - lo)
             header(push)[:3] = torch.tensor([self.clock, self.versions[j], own], dtype=torch.float64)
             body(push).copy_(grad[lo:hi])
-            sends.append(dist.isend(push, dst=dst, tag=TAG))
+            sends.append(dist.isend(push, dst=dst, group=self.wire, tag=TAG))
             self._count(push)
         norm = self._pull()
         for work in sends:
@@ -120,7 +122,7 @@ class ParamServer(SyncStrategy):
     def _pull(self) -> float:
         """Receive every server's reply; write the parameters in. Returns the norm the servers replied."""
         replies = [message(self.shards.size(j)) for j in range(len(self.servers))]
-        for work in [dist.irecv(r, src=src, tag=TAG) for src, r in zip(self.servers, replies)]:
+        for work in [dist.irecv(r, src=src, group=self.wire, tag=TAG) for src, r in zip(self.servers, replies)]:
             work.wait()
         for j, r in enumerate(replies):
             h = header(r)

@@ -48,7 +48,7 @@ class ShardModule(nn.Module):
 
 class Server:
     def __init__(self, cfg, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int,
-                 make_optimizer: Callable, make_scheduler: Callable, server_group):
+                 make_optimizer: Callable, make_scheduler: Callable, server_group, wire=None):
         self.cfg, self.index, self.workers, self.steps = cfg, index, workers, steps
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
         lo, hi = shards.range(index)
@@ -58,7 +58,7 @@ class Server:
         self.standin = make_optimizer(trainable(model), cfg.optimizer)  # never steps: mirrors the workers' idle optimizer
         self.optimizer = make_optimizer([self.module.flat], cfg.optimizer)
         self.scheduler = make_scheduler(self.optimizer, steps, cfg.schedule)
-        self.server_group = server_group
+        self.server_group, self.wire = server_group, wire  # wire: the group messages use (None: the default group)
         self.max_norm = cfg.train.clip_grad_norm or math.inf
         self.version = 0  # updates applied (sync, ssp: clocks completed; async: pushes applied)
         self.clocks = [0] * len(workers)  # steps each worker pushed
@@ -134,7 +134,7 @@ class Server:
     def _run_sync(self, first: int) -> None:
         for step in range(first + 1, self.steps + 1):
             buffers = [message(self.size) for _ in self.workers]
-            for work in [dist.irecv(b, src=w, tag=TAG) for w, b in zip(self.workers, buffers)]:
+            for work in [dist.irecv(b, src=w, group=self.wire, tag=TAG) for w, b in zip(self.workers, buffers)]:
                 work.wait()
             grad = body(buffers[0]).clone()
             for b in buffers[1:]:
@@ -161,7 +161,7 @@ class Server:
     def _run_stale(self) -> None:
         buffer = message(self.size)
         while min(self.clocks) < self.steps or self.waiting:
-            src = dist.recv(buffer, src=None, tag=TAG)  # any worker (servers never send to each other)
+            src = dist.recv(buffer, src=None, group=self.wire, tag=TAG)  # any worker (servers never send to each other)
             w = self.workers.index(src)
             h = header(buffer)
             step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
@@ -230,7 +230,7 @@ class Server:
         h[0], h[1], h[2] = self.version, self.completed if self.mode == "ssp" else self.version, norm
         h[3], h[4], h[5] = self.applied, self.stale_sum, self.stale_max
         body(reply).copy_(self.module.flat.detach())
-        for work in [dist.isend(reply, dst=self.workers[w], tag=TAG) for w in indices]:
+        for work in [dist.isend(reply, dst=self.workers[w], group=self.wire, tag=TAG) for w in indices]:
             work.wait()
 
 
@@ -256,9 +256,9 @@ class Trace:
 
 
 def run(ctx, index: int, servers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
-        server_group, checkpoints, resume_from) -> float:
+        server_group, wire, checkpoints, resume_from) -> float:
     """The whole life of a server rank; returns its wall time."""
     start = time.perf_counter()
-    server = Server(ctx.cfg, index, list(ctx.group.ranks), shards, model, steps, make_optimizer, make_scheduler, server_group)
+    server = Server(ctx.cfg, index, list(ctx.group.ranks), shards, model, steps, make_optimizer, make_scheduler, server_group, wire)
     server.serve(checkpoints, resume_from)
     return time.perf_counter() - start
