@@ -14,6 +14,8 @@ refuses them here).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -22,6 +24,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from shoal.parallel.layers import blocks
 
 REDUCE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # comm.compression -> FSDP's gradient reduce dtype
+
+# FSDP2 warns whenever the root returns a view (a Linear on a 3-D input does): an in-place op on it would skip the
+# pre-backward hook. The trainer only ever reads the output (loss_fn(output, target)), so the warning cannot
+# apply; this filter silences exactly that message (docs/parallel.md: a loss_fn must not modify the output in place).
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
 
 
 def apply(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool = True, compression: str = "none") -> nn.Module:
