@@ -8,6 +8,7 @@ exactly the global-batch mean, however the batch was dealt (uneven and empty sha
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,11 +115,22 @@ class Trainer:
             self.progress.note(f"warning: schedule.warmup_steps = {cfg.schedule.warmup_steps} exceeds the run's {self.steps} steps: "
                                f"the learning rate never reaches optimizer.lr = {cfg.optimizer.lr}")
         self.health = Health(cfg, env, self._log, self.group)  # heartbeats, stragglers, hangs named by rank
+        self._say_where_rank0_runs()
         self.kill_test_hook = fault_injection.kill_after_step(env.rank)  # None outside the fault tests
         self.slow_test_hook = fault_injection.slow_samples(env.rank)
         self.balance = Balance(cfg, dims, self.group, self.layout.dp_rank, lambda: self.health.busy_s, self._log, env.is_main)
         self.grad_clock = GradClock(self.layout.parameters())
         self.prefetch = Prefetcher(prefetch_wanted(cfg.data.prefetch, train_set))
+
+    def _say_where_rank0_runs(self) -> None:
+        """On a node without global rank 0, which ranks train here and where progress prints (else: silence)."""
+        env = self.env
+        if env.local_rank != 0 or env.rank == 0 or not self.health.active:
+            return
+        here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        ranks = f"rank {env.rank}" if here == 1 else f"ranks {env.rank}-{env.rank + here - 1}"
+        print(f"{self.health.host}: {ranks} of {env.world_size} train here; global rank 0 runs on {self.health.hosts[0]}, "
+              f"which prints progress and the summary (records: the run directory there)", flush=True)
 
     def _step_batch(self) -> int:
         """Samples of one replica in one accumulation step."""

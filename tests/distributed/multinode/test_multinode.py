@@ -39,3 +39,5 @@ def test_nodes_in_namespaces_equal_one_process(network, tmp_path, single_process
     many = weights(out)
     assert max((many[k] - one[k]).abs().max().item() for k in one) < 1e-5
     assert "processes" in (tmp_path / "node0.log").read_text()  # global rank 0's summary
+    for i in range(1, nodes):  # the other nodes say what runs there and where progress prints
+        assert f"rank {i} of {nodes} train here; global rank 0 runs on " in (tmp_path / f"node{i}.log").read_text()
