@@ -19,7 +19,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -157,6 +159,31 @@ def saved_keys(path: Path) -> set[str]:
     return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
+def check_shared(directory: Path, is_writer: bool, group: dist.ProcessGroup | None = None) -> None:
+    """Collective: every rank must see what the writer (the checkpointer's rank 0) writes into `directory`. A
+    directory on each node's own disk would otherwise commit a checkpoint without the other nodes' shards."""
+    probe = directory / ".shared-probe"
+    token = [uuid.uuid4().hex if is_writer else None]
+    if is_writer:
+        probe.write_text(token[0])
+    source = dist.get_global_rank(group, 0) if group is not None else 0
+    dist.broadcast_object_list(token, src=source, group=group)
+    try:
+        seen = probe.read_text() == token[0]
+    except OSError:
+        seen = False
+    everyone: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, (seen, socket.gethostname()), group=group)
+    if is_writer:
+        probe.unlink(missing_ok=True)
+    blind = [(i, host) for i, (ok, host) in enumerate(everyone) if not ok]
+    if blind:
+        who = ", ".join(f"rank {i} on {host}" for i, host in blind)
+        raise ShoalError(f"checkpoint directory {directory.parent} is not shared between the nodes: {who} cannot see what rank 0 "
+                         f"writes there, so a checkpoint would lack their shards; put --out (or the checkpoint directory) on a file "
+                         f"system every node mounts (NFS, a Kubernetes PersistentVolumeClaim)")
+
+
 @dataclass
 class TrainState:
     """What besides weights a run needs to continue exactly: the step (which fixes the data position)."""
@@ -176,6 +203,7 @@ class Checkpointer:
         self.run_id = run_id  # recorded in every marker
         self.async_save = async_save
         self.pending: tuple[Future, Callable[[], None]] | None = None  # an async save and its commit
+        self.shared_checked = False
 
     def _barrier(self) -> None:
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -191,6 +219,14 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
+        if not self.shared_checked and dist.is_initialized() and dist.get_world_size(self.group) > 1:
+            try:
+                check_shared(tmp, self.rank == 0, self.group)  # once per run: the first save
+            except ShoalError:
+                if self.rank == 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self.shared_checked = True
         model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
         state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
                  f"rng_rank{self.rank}": rng_state()}
