@@ -84,7 +84,7 @@ def compare(runs: list[Run]) -> str:
     plots += [line_chart("throughput", _each(runs, "samples_per_s"), ylabel="samples / s"),
               line_chart("model FLOPs utilization", _each(runs, "mfu"), ylabel="MFU (of measured peak)")]
     means = {label: [_median(r.series(key)[1]) or 0.0 for r in runs] for key, label in PHASES}
-    plots.append(stacked_bars("where a step's time goes (median per window)", [r.name for r in runs], means, ylabel="seconds per step"))
+    plots.append(stacked_bars("where a step's time goes (median per window)", [r.path.name for r in runs], means, ylabel="seconds per step"))
     return '<div class="plots">' + "".join(plots) + "</div>"
 
 
