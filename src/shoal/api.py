@@ -84,7 +84,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     task = cfg.data.task if cfg.data.task != "auto" else getattr(train_set, "task", "classify")
     check_model_takes(model, train_set, "train_set")
     if loss_fn is None:
-        loss_fn = build_loss(cfg.train.loss, task, cfg.train.output_key, default=F.cross_entropy if not is_dict_data(train_set) else None)
+        loss_fn = build_loss(cfg.train.loss, task, cfg.train.output_key, default=F.cross_entropy if task != "lm" and not is_dict_data(train_set) else None)
     check_samples(train_set, "train_set")
     if eval_set is not None:
         check_samples(eval_set, "eval_set")

@@ -49,12 +49,19 @@ def build_hf(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: 
     config_cls = cls.config_class
     keys = dict(kwargs)
     probe = config_cls()
+    unknown = [k for k in kwargs if not hasattr(probe, k) and k not in probe.attribute_map]
+    if unknown:
+        raise ShoalError(f"model.kwargs: {config_cls.__name__} has no key {unknown[0]!r}")
     if is_classifier(cls):
         keys.setdefault("num_labels", num_classes)
         if getattr(probe, "pad_token_id", None) is None:
             keys.setdefault("pad_token_id", 0)  # sequence classifiers find each row's last token by it
     else:
         keys.setdefault("vocab_size", num_classes)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # GPT-2's 50256 is no token of a small vocabulary
+            value = getattr(probe, key, None)
+            if isinstance(value, int) and value >= keys["vocab_size"]:
+                keys.setdefault(key, None)
     seq = input_shape[0] if input_shape else 0
     for key in POSITIONS:
         if hasattr(probe, key) and seq:
@@ -68,9 +75,6 @@ def build_hf(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: 
         config = config_cls(**keys)
     except Exception as err:
         raise ShoalError(f"model.kwargs: {config_cls.__name__} rejected its keys ({type(err).__name__}: {err})") from None
-    unknown = [k for k in kwargs if not hasattr(config, k)]
-    if unknown:
-        raise ShoalError(f"model.kwargs: {config_cls.__name__} has no key {unknown[0]!r}")
     try:
         return cls(config)
     except Exception as err:

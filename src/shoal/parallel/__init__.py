@@ -15,7 +15,7 @@ from shoal.config import JobConfig
 from shoal.distributed import DistEnv
 from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
-from shoal.parallel import pipeline, recompute, sharded, tensor
+from shoal.parallel import hf_pipeline, pipeline, recompute, sharded, tensor
 from shoal.parallel.layout import Layout, MicroLoss, Pipelined, Replicated, Sharded
 from shoal.parallel.materialize import is_meta, materialize
 
@@ -44,7 +44,10 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
         if p.activation_checkpointing:
             recompute.apply(model)
         return Replicated([wrap(model, sample if isinstance(sample, torch.Tensor) else None)], dims, env, keys)  # dict batches: no probe
-    split = pipeline.choose_split(model, sample.to("meta") if is_meta([model]) else sample, dims, p) if dims.pp > 1 else None
+    if dims.pp > 1 and getattr(cfg.train, "loss", "auto") == "model":
+        raise ShoalError("train.loss = 'model' needs the whole model's output; with parallel.pp > 1 use train.loss = 'lm' or 'cross_entropy'")
+    staged = hf_pipeline.pack(sample) if dims.pp > 1 else sample  # dict batches: one tensor into stage 0
+    split = pipeline.choose_split(model, staged.to("meta") if is_meta([model]) else staged, dims, p) if dims.pp > 1 else None
     if dims.tp > 1:
         tensor.apply(model, dims.submesh("tp"), p, sample)
     stages = pipeline.local_stages(model, split, dims.coords(env.rank)["pp"], dims.pp) if split else {0: model}

@@ -69,29 +69,34 @@ def make_split(names: list[str], costs: list[float], speeds: list[float], cuts: 
     return Split(stages, predicted)
 
 
-def flop_costs(model: nn.Module, names: list[str], sample: torch.Tensor) -> list[float]:
-    """Forward+backward FLOPs of each layer on `sample` (3x forward), plus 6 per parameter (optimizer, memory)."""
-    costs, x = [], sample
+def _call(layer: nn.Module, x, step=None):
+    return step(layer, x) if step is not None else layer(x)
+
+
+def flop_costs(model: nn.Module, names: list[str], sample: torch.Tensor, steps: dict | None = None) -> list[float]:
+    """Forward+backward FLOPs of each layer on `sample` (3x forward), plus 6 per parameter (optimizer, memory).
+    `steps`: how a layer is called where not as layer(x) (transformers models: parallel/hf_pipeline.py)."""
+    costs, x, steps = [], sample, steps or {}
     with torch.no_grad():
         for name in names:
             layer = model.get_submodule(name)
             with FlopCounterMode(display=False) as counter:
-                x = layer(x)
+                x = _call(layer, x, steps.get(name))
             params = sum(p.numel() for p in layer.parameters())
             costs.append(3.0 * counter.get_total_flops() + 6.0 * params)
     return costs
 
 
-def timed_costs(model: nn.Module, names: list[str], sample: torch.Tensor, repeats: int = 3) -> list[float]:
+def timed_costs(model: nn.Module, names: list[str], sample: torch.Tensor, steps: dict | None = None, repeats: int = 3) -> list[float]:
     """Measured forward+backward seconds of each layer on `sample` (median of `repeats`)."""
-    costs, x = [], sample
+    costs, x, steps = [], sample, steps or {}
     for name in names:
         layer = model.get_submodule(name)
         runs = []
         for _ in range(repeats):
             inp = x.detach().requires_grad_(x.is_floating_point())
             t0 = time.perf_counter()
-            out = layer(inp)
+            out = _call(layer, inp, steps.get(name))
             if out.requires_grad:
                 out.float().sum().backward()
             runs.append(time.perf_counter() - t0)

@@ -22,6 +22,11 @@ def chain(model: nn.Module) -> list[str] | None:
 
 def require_chain(model: nn.Module, why: str) -> list[str]:
     names = chain(model)
+    if not names:  # a transformers GPT-2 or BERT classifier: its built-in chain (parallel/hf_pipeline.py)
+        from shoal.parallel import hf_pipeline
+
+        found = hf_pipeline.chain(model)
+        names = found[0] if found else None
     if not names:
         raise ShoalError(
             f"{why}: {type(model).__name__} is not a chain of layers; make it an nn.Sequential, give it a "

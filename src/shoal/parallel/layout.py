@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 from shoal.data.batches import call_model
 from shoal.distributed import DistEnv
 from shoal.distributed.mesh import ParallelDims
-from shoal.parallel import gather, norm
+from shoal.parallel import gather, hf_pipeline, norm
 
 
 def _labels(loss_fn) -> bool:
@@ -137,7 +137,7 @@ class Pipelined(Layout):
     def forward_backward(self, x, y, loss_fn, scale, sync):
         self.micro_loss.loss_fn, self.micro_loss.scale = loss_fn, scale
         losses: list[torch.Tensor] = []
-        args = (x,) if self.first else ()
+        args = (hf_pipeline.pack(x),) if self.first else ()  # dict batches enter stage 0 as one tensor
         self.schedule.step(*args, target=y if self.last else None, losses=losses if self.last else None)
         if sync:
             self.settle_grads()
@@ -150,7 +150,7 @@ class Pipelined(Layout):
         return train_microbatch
 
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        args = (x,) if self.first else ()
+        args = (hf_pipeline.pack(x),) if self.first else ()
         out = self.schedule.eval(*args, target=y if self.last else None)
         return out if self.last else None
 

@@ -16,7 +16,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from shoal.config import ParallelConfig
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
-from shoal.parallel import balance
+from shoal.parallel import balance, hf_pipeline
 from shoal.parallel.layers import require_chain
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B}
@@ -25,9 +25,10 @@ SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": Schedu
 class StageChain(nn.Module):
     """A contiguous run of the model's layers, registered under their original dotted names."""
 
-    def __init__(self, model: nn.Module, names: list[str]):
+    def __init__(self, model: nn.Module, names: list[str], steps: dict | None = None):
         super().__init__()
         self.names = list(names)
+        self.steps = {n: steps[n] for n in names if n in steps} if steps else {}  # how each layer is called (transformers models)
         for name in names:
             *path, leaf = name.split(".")
             parent = self
@@ -42,8 +43,15 @@ class StageChain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.names:
-            x = self.get_submodule(name)(x)
+            step = self.steps.get(name)
+            x = step(self.get_submodule(name), x) if step else self.get_submodule(name)(x)
         return x
+
+
+def steps_of(model: nn.Module) -> dict:
+    """Step functions of a transformers model's chain (parallel/hf_pipeline.py); empty for a plain chain."""
+    found = hf_pipeline.chain(model) if not hasattr(model, "pipeline_layers") and not isinstance(model, nn.Sequential) else None
+    return found[1] if found else {}
 
 
 def n_stages(dims: ParallelDims, cfg: ParallelConfig) -> int:
@@ -97,11 +105,11 @@ def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg
         raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers, the model has {len(names)} ({', '.join(names)})")
     speeds = stage_speeds(dims, cfg, stages, timed=cfg.pp_balance == "time")
     if cfg.pp_balance == "time":
-        costs = torch.tensor(balance.timed_costs(model, names, sample), dtype=torch.float64)
+        costs = torch.tensor(balance.timed_costs(model, names, sample, steps_of(model)), dtype=torch.float64)
         dist.broadcast(costs, src=0)
         costs = costs.tolist()
     else:
-        costs = balance.flop_costs(model, names, sample)
+        costs = balance.flop_costs(model, names, sample, steps_of(model))
     if cfg.pp_split:
         return balance.make_split(names, costs, speeds, _cuts_from_names(names, cfg.pp_split, stages))
     units = weighted_units(model, names)  # cut only before layers with weights: no stage is left without any
@@ -134,7 +142,9 @@ def check_untied(stages: list[list[str]], model: nn.Module) -> None:
         for name in names:
             for p in model.get_submodule(name).parameters():
                 if owner.setdefault(id(p), s) != s:
-                    raise ShoalError("parallel.pp: a parameter is shared by two pipeline stages (tied weights); set model.tie_head = false")
+                    fix = ("set tie_word_embeddings = false in model.kwargs (or in the model's transformers config)"
+                           if hasattr(model, "config") else "set model.tie_head = false")
+                    raise ShoalError(f"parallel.pp: a parameter is shared by two pipeline stages (tied weights); {fix}")
 
 
 def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) -> dict[int, StageChain]:
@@ -142,7 +152,8 @@ def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) 
     for s, names in enumerate(split.stages):
         if not any(True for n in names for _ in model.get_submodule(n).parameters()):
             raise ShoalError(f"parallel.pp_split: stage {s} ({', '.join(names)}) has no weights; move its boundary")
-    return {s: StageChain(model, names) for s, names in enumerate(split.stages) if s % pp == pp_rank}
+    steps = steps_of(model)
+    return {s: StageChain(model, names, steps) for s, names in enumerate(split.stages) if s % pp == pp_rank}
 
 
 def build_schedule(stages: dict[int, nn.Module], total: int, dims: ParallelDims, cfg: ParallelConfig, device: torch.device, loss_fn):

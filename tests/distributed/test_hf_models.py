@@ -1,0 +1,110 @@
+"""Transformers models as transformers builds them (tiny GPT-2 and BERT from their config classes, no download)
+train under every layout exactly as in one process: per-step losses, gathered model.pt and evaluation within 1e-5.
+
+Both routes: `shoal.fit` on the model and datasets-style dict rows (ModelOutput outputs, attention-masked padding),
+and `shoal train`'s worker on a job file (`model.name = "hf:gpt2"` / `"hf:bert"`, an npz of named arrays). Every
+third row is padded, so ranks hold different numbers of scored tokens: the GPT-2 loss is the token-level mean over
+the global batch, which a per-rank mean would miss.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import hf_workers as hw  # noqa: E402
+
+from shoal.distributed import shutdown  # noqa: E402
+from shoal.launch.local import launch_local  # noqa: E402
+
+pytestmark = pytest.mark.dist
+EXACT = 1e-5
+KINDS = ["gpt2", "bert"]
+ROUTES = ["fit", "job"]
+UNTIED = hw.UNTIED
+# (route, model, name) -> overrides. The job route runs every layout; fit (the model as transformers returns it,
+# datasets-style rows) runs dp and tp.
+LAYOUTS_2 = {"dp2": {}, "fsdp2": {"parallel": {"fsdp": 2}}, "tp2": {"parallel": {"tp": 2}},
+             "fsdp2-checkpointing-accum": {"parallel": {"fsdp": 2, "activation_checkpointing": True}, "train": {"grad_accum": 2}},
+             "pp2": {"parallel": {"pp": 2}}}
+FIT_LAYOUTS = ("dp2", "tp2")
+CASES_2 = [("job", k, n, hw.merged(UNTIED, o) if n.startswith("pp") and k == "gpt2" else o) for n, o in LAYOUTS_2.items() for k in KINDS]
+CASES_2 += [("fit", k, n, LAYOUTS_2[n]) for n in FIT_LAYOUTS for k in KINDS]
+CASES_2 += [("job", "llama", "tp2", LAYOUTS_2["tp2"])]  # the Llama plan (q/k/v/o, gate/up/down; grouped key/value heads)
+LAYOUTS_4 = {"fsdp2-tp2": {"parallel": {"fsdp": 2, "tp": 2}}}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-single")
+    try:
+        cases = [(r, k, "single", {}) for r in ROUTES for k in KINDS]
+        cases += [("job", k, "single-accum", {"train": {"grad_accum": 2}}) for k in KINDS]
+        cases += [("job", "gpt2", "single-untied", UNTIED), ("job", "llama", "single", {})]
+        return hw.run_cases(str(root), cases)
+    finally:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-two")
+    return launch_local(hw.run_all, (str(root), CASES_2, True), nproc=2)[0]
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-four")
+    return launch_local(hw.run_all, (str(root), [("job", k, n, o) for n, o in LAYOUTS_4.items() for k in KINDS]), nproc=4)[0]
+
+
+def assert_same(run: dict, ref: dict) -> None:
+    assert len(run["losses"]) == len(ref["losses"]) == 3
+    assert max(abs(a - b) for a, b in zip(run["losses"], ref["losses"])) < EXACT, (run["losses"], ref["losses"])
+    assert run["params"].keys() == ref["params"].keys()
+    for key, value in ref["params"].items():
+        assert (run["params"][key] - value).abs().max().item() < EXACT, key
+    for metric in ("loss", "accuracy"):
+        assert abs(run["eval"][metric] - ref["eval"][metric]) < EXACT, metric
+
+
+def _reference(single, route, kind, name):
+    if "accum" in name:
+        return single[(route, kind, "single-accum")]
+    return single[(route, kind, "single-untied" if name.startswith("pp") and kind == "gpt2" else "single")]
+
+
+@pytest.mark.parametrize("case", [c[:3] for c in CASES_2], ids=lambda c: "-".join(c))
+def test_two_process_layouts_equal_one_process(two, single, case):
+    route, kind, name = case
+    assert_same(two[case], _reference(single, route, kind, name))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fsdp_times_tp_equals_one_process(four, single, kind):
+    assert_same(four[("job", kind, "fsdp2-tp2")], single[("job", kind, "single")])
+
+
+def test_lm_evaluation_reports_perplexity_from_user_data(single):
+    ev = single[("job", "gpt2", "single")]["eval"]
+    assert ev["perplexity"] == pytest.approx(__import__("math").exp(ev["loss"]))
+    assert "perplexity" not in single[("job", "bert", "single")]["eval"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_pt_loads_into_a_fresh_transformers_model(single, kind):
+    model = hw.hf_model(kind)
+    model.load_state_dict(single[("fit", kind, "single")]["params"], strict=True)
+
+
+def test_tied_embeddings_across_pipeline_stages_are_refused_with_the_fix(two):
+    message = two["tied"]
+    assert message is not None and "\n" not in message
+    assert "shared by two pipeline stages (tied weights); set tie_word_embeddings = false in model.kwargs" in message
+
+
+def test_an_automatic_plan_that_changes_the_model_is_refused_with_one_line(two):
+    message = two["refused"]
+    assert message is not None and "\n" not in message
+    assert "automatic tensor-parallel plan for TwoBranches does not reproduce the unsharded model" in message
