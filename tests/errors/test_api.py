@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from error_contract import tree
 from torch.utils.data import TensorDataset
 
 import shoal
+from error_contract import tree
 from shoal.errors import ShoalError
 
 g = torch.Generator().manual_seed(0)

@@ -123,3 +123,10 @@ def test_factory_that_needs_real_tensors_passes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides", [[], ["parallel.tp=2", "nproc=2"], ["parallel.pp=2", "nproc=2"], ["parallel.fsdp=2", "parallel.tp=2", "nproc=4"]])
 def test_good_gpt_layouts_pass_the_dry_run(overrides):
     preflight(load_job("examples/gpt_shakespeare.toml", overrides))
+
+
+@pytest.mark.parametrize("target", ["k8s", "slurm"])
+def test_deploy_runs_the_dry_run_too(modules, capsys, target):
+    """A job that deploys is a job that trains: no cluster is asked for nodes for a model that cannot run."""
+    job = job_file(modules, BASE + '[model]\nname = "few_outputs:build"\n')
+    refused(["deploy", target, str(job), "--out", str(modules / "job.out")], ["model.name", "output shaped"], modules, capsys)

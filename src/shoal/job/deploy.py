@@ -66,10 +66,14 @@ def deployment(job: Path, cfg: JobConfig, nnodes: str, nproc_per_node: int | Non
 def check_world_sizes(d: Deployment) -> None:
     """The batch must split over every world size the job may run at, before a cluster is asked for nodes."""
     from shoal.data import describe
+    from shoal.distributed.mesh import check_layout
     from shoal.job.checks import check_node_counts, check_parts
+    from shoal.job.dryrun import dry_run
 
     check_parts(d.cfg)
-    check_node_counts(d.cfg, describe(d.cfg.data, d.cfg.seed).n_train, d.nproc_per_node, d.min_nodes, d.max_nodes)
+    spec = describe(d.cfg.data, d.cfg.seed)
+    check_node_counts(d.cfg, spec.n_train, d.nproc_per_node, d.min_nodes, d.max_nodes)
+    dry_run(d.cfg, spec, check_layout(d.cfg.parallel, d.nproc_per_node * d.min_nodes), memory=False)  # the cluster's memory is not this machine's
 
 
 def _train_args(job_file: str, out: str, overrides: tuple[str, ...] = (), quote=str) -> list[str]:

@@ -31,13 +31,15 @@ from shoal.run_start import nothing_to_resume
 CPU_RETRY_PARAMS = 2**26  # a model the meta device cannot run is built for real only up to this size
 
 
-def dry_run(cfg: JobConfig, spec: DataSpec, dims: ParallelDims) -> None:
-    """Every check that needs the model, on shapes only; raises ShoalError naming the field to fix."""
+def dry_run(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, memory: bool = True) -> None:
+    """Every check that needs the model, on shapes only; raises ShoalError naming the field to fix. `memory`: check
+    that the model fits this machine (not for files that run it elsewhere)."""
     check_sync(cfg, dims)
     if cfg.parallel.parallelize:
         resolve_factory(cfg.parallel.parallelize, "parallel.parallelize")
     model = _build(cfg, spec, meta=True)
-    check_memory(cfg, model, dims)
+    if memory:
+        check_memory(cfg, model, dims)
     check_forward(cfg, spec, dims, model)
     if cfg.parallel.parallelize:
         return  # the hook decides how the model is split
