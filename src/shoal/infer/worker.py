@@ -43,11 +43,13 @@ def replicated_worker(job: InferJob) -> dict:
     if job.generating:
         start, stop = shard_range(job.samples, world, rank)
         prompt = encode(job.prompt)
+        started = time.perf_counter()
         rows = [generate(model, prompt, job.max_new_tokens, source.spec.num_classes, job.temperature, job.top_k, job.seed + i,
                          cache=job.kv_cache)[0] for i in range(start, stop)]
         tokens = torch.stack(rows).numpy() if rows else np.zeros((0, prompt.shape[1] + job.max_new_tokens), dtype=np.int64)
+        compute_s = time.perf_counter() - started
         write_shard(Path(job.staging), rank, {"tokens": tokens})
-        return {"rows": stop - start}
+        return {"rows": stop - start, "compute_s": compute_s}
     inputs = read(job.data, source)
     start, stop = shard_range(len(inputs), world, rank)
     started = time.perf_counter()
@@ -137,12 +139,14 @@ def _split_generate(source, job: InferJob) -> dict:
     layout_vocab = build_vocab(source)
     full = pipeline_logits if job.split == "pp" else None
     model = layout.model
+    started = time.perf_counter()
     rows = [generate(model, prompt, job.max_new_tokens, vocab, job.temperature, job.top_k, job.seed + i,
                      cache=job.kv_cache and job.split == "tp", full_logits=full)[0] for i in range(job.samples)]
+    compute_s = time.perf_counter() - started
     if env.rank == 0:
         write_shard(Path(job.staging), 0, {"tokens": torch.stack(rows).numpy()})
     dist.barrier()
-    return {"rows": job.samples if env.rank == 0 else 0}
+    return {"rows": job.samples if env.rank == 0 else 0, "compute_s": compute_s}
 
 
 def build_vocab(source) -> int:
