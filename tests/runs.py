@@ -27,13 +27,17 @@ def records(run: Path, kind: str) -> list[dict]:
 
 
 def killed_run_matches_uninterrupted(job_text: str, tmp_path: Path, part: str = "compressor") -> Path:
-    """Run a 2-process job twice, once with rank 1 SIGKILLed after step 6 and restarted: the restart resumes from
-    step 4 with `part` restored and ends bit-identical (weights and every loss). Returns the uninterrupted run."""
+    """Run a 2-process job twice, once with rank 1 SIGKILLed after step 6 and restarted: the launcher says so in one
+    line, the restart resumes from step 4 with `part` restored and ends bit-identical (weights and every loss).
+    Returns the uninterrupted run."""
     job = tmp_path / "job.toml"
     job.write_text(job_text)
     ref, out = tmp_path / "ref", tmp_path / "run"
     shoal_train(job, ref, "--nproc", "2")
-    shoal_train(job, out, "--nproc", "2", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
+    restarted = shoal_train(job, out, "--nproc", "2", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
+    said = [line for line in restarted.stderr.splitlines() if "restarting the workers" in line]  # one Shoal line, no traceback
+    assert len(said) == 1 and "worker rank 1 on " in said[0] and "(killed by SIGKILL)" in said[0] and "restart 1 of 1" in said[0], said
+    assert "Traceback" not in restarted.stderr, restarted.stderr[-2000:]
     resumed = records(out, "resume")
     assert resumed and resumed[0]["step"] == 4 and part in resumed[0]["parts"], resumed
     a, b = weights(ref), weights(out)

@@ -14,6 +14,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from shoal.distributed.env import free_port
 from shoal.launch.nodes import NodeSpec, interface_of, route_address
+from shoal.launch.restarts import reporting_restarts
 
 
 class WorkerFailed(RuntimeError):
@@ -78,7 +79,8 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
     for log in quiet:
         log.setLevel(logging.CRITICAL)
     try:
-        return elastic_launch(config, entry)(*args)
+        with reporting_restarts():  # a restart: one line naming the rank, the cause and restart k of n
+            return elastic_launch(config, entry)(*args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {_root_cause(failure)}") from None
