@@ -8,7 +8,8 @@ presets of `shoal plan` as they ship (no fitting to these numbers):
 - Llama 3 405B on H100 with RoCE (Llama 3 paper, 2024, Table 4: sequence 8192, vocabulary
   128256, 16M tokens per batch; 126 layers, width 16384, 128 heads, 8 KV heads, SwiGLU 53248):
   model FLOP/s per GPU (BF16 MFU x 989 TFLOP/s).
-Micro-batches of one sequence, interleaved runs with two chunks per pipeline rank (the papers' v is not restated here); results in benchmarks/results/plan-scale.json.
+Micro-batches of one sequence, interleaved runs with two chunks per pipeline rank (the papers' v is not
+restated here); results in benchmarks/results/plan-scale.json.
 """
 
 from __future__ import annotations
