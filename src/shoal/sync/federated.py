@@ -107,6 +107,18 @@ class Federated(LocalUpdates):
         super().average()
         self._begin_round()
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"clients": self.ctx.dims.dp_size}
+
+    def before_resume(self, meta: dict[str, Any]) -> None:
+        """Clients own their data: on another number of processes the split, and so the experiment, would change."""
+        super().before_resume(meta)
+        clients = meta.get("clients")
+        if clients is not None and clients != self.ctx.dims.dp_size:
+            raise ShoalError(f"sync = 'federated': the checkpoint was written by {clients} clients and this run has "
+                             f"{self.ctx.dims.dp_size}; each client's data follows from the client count, so resume with "
+                             f"--nproc {clients} (or start a new run)")
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "round_start": self.round_start}
 
