@@ -14,6 +14,7 @@ import torch
 
 from shoal.cli import main
 from shoal.infer import build, read_outputs, resolve
+from shoal.infer.inputs import read
 from shoal.infer.job import InferJob
 from shoal.infer.shards import shard_range
 from shoal.infer.worker import replicated_worker
@@ -47,9 +48,30 @@ def test_shards_cover_the_inputs_in_order():
             assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
 
 
+def test_a_replica_reads_only_the_parquet_files_of_its_shard(runs, tmp_path):
+    """A `shoal prep`-style directory of three files (40, 25, 36 rows): any row range equals slicing the whole."""
+    import json as json_
+
+    import pandas as pd
+
+    x = np.load(runs["digits"])["x"].reshape(101, 64)
+    frame = pd.DataFrame(x, columns=[f"p{i}" for i in range(64)]).assign(label=np.load(runs["digits"])["y"])
+    bounds = [(0, 40), (40, 65), (65, 101)]
+    for i, (a, b) in enumerate(bounds):
+        frame.iloc[a:b].to_parquet(tmp_path / f"part-{i}.parquet")
+    (tmp_path / "manifest.json").write_text(json_.dumps({"shards": [f"part-{i}.parquet" for i in range(3)],
+                                                         "features": list(frame.columns[:64]), "label": "label"}))
+    source = resolve(runs["mlp"])
+    source = type(source)(source.run, source.weights, source.cfg, type(source.spec)((64,), 10, 1, 1))
+    whole = read(tmp_path, source)
+    for rows in [(0, 101), (0, 34), (34, 68), (68, 101), (39, 41), (65, 65), (100, 101)]:
+        part = read(tmp_path, source, rows)
+        assert torch.equal(part.x, whole.x[rows[0] : rows[1]]) and torch.equal(part.y, whole.y[rows[0] : rows[1]]), rows
+
+
 def test_each_replica_writes_its_shard_and_the_shards_concatenate_to_one_process(runs, tmp_path, monkeypatch):
     """What each of 3 replicas does, one after another in this process (uneven shards 34, 34, 33)."""
-    job = InferJob(str(runs["mlp"]), str(runs["digits"]), str(tmp_path), batch=8)
+    job = InferJob(str(runs["mlp"]), str(runs["digits"]), str(tmp_path), batch=8, rows=101)
     for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")

@@ -77,6 +77,7 @@ def infer_command(source_path: Path, out: Path, nproc: int = 1, data: Path | Non
         if not job.generating:
             job = replace(job, data=str(locate(data, source, staging)))
             inputs = read(job.data, source)  # checked once here: shape, dtype, labels
+            job = replace(job, rows=len(inputs))
         job = replace(job, staging=str(staging))
         started = time.perf_counter()
         results = run_workers(job, nproc)

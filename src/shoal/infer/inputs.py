@@ -39,14 +39,17 @@ def locate(path: str | Path, source: Source, scratch: Path) -> Path:
     return prepare(path, fitted, scratch / "prepared")
 
 
-def read(path: str | Path, source: Source) -> Inputs:
+def read(path: str | Path, source: Source, rows: tuple[int, int] | None = None) -> Inputs:
+    """All samples, or only rows [start, stop): of Parquet, only the files that hold them are read."""
     path = Path(path)
     if not path.exists():
         raise ShoalError(f"--data: '{path}' not found")
     if path.suffix == ".npz":
         x, y = _npz(path)
+        if rows is not None:
+            x, y = x[rows[0] : rows[1]], (y[rows[0] : rows[1]] if y is not None else None)
     else:
-        x, y = _parquet(path, source)
+        x, y = _parquet(path, source, rows)
     check(x, y, source, f"--data '{path}'")
     return Inputs(x, y, path)
 
@@ -129,7 +132,7 @@ def _features(path: Path, source: Source, must: bool) -> list[str] | None:
     return None if missing else features
 
 
-def _parquet(path: Path, source: Source) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _parquet(path: Path, source: Source, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -137,7 +140,19 @@ def _parquet(path: Path, source: Source) -> tuple[torch.Tensor, torch.Tensor | N
     _features(path, source, must=True)
     has_label = bool(label) and label in pq.read_schema(files[0]).names
     columns = [*features, label] if has_label else features
+    skip = 0
+    if rows is not None:  # only the files that overlap [start, stop), from their footers' row counts
+        start, stop, kept, offset = rows[0], rows[1], [], 0
+        for f in files:
+            n = pq.ParquetFile(f).metadata.num_rows
+            if offset < stop and offset + n > start:
+                kept.append(f)
+                skip = skip if len(kept) > 1 else start - offset
+            offset += n
+        files = kept or files[:1]  # an empty shard: no rows of the first file
     frame = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas()
+    if rows is not None:
+        frame = frame.iloc[skip : skip + rows[1] - rows[0]]
     x = torch.from_numpy(np.array(frame[features].to_numpy(dtype=np.float32)))
-    y = torch.as_tensor(frame[label].to_numpy(dtype=np.int64)) if has_label else None
+    y = torch.from_numpy(np.array(frame[label].to_numpy(dtype=np.int64))) if has_label else None
     return x, y

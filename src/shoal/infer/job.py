@@ -11,6 +11,7 @@ class InferJob:
     data: str | None  # inputs (None when generating)
     staging: str  # where shards go before the output directory is renamed into place
     batch: int = 64
+    rows: int = 0  # inputs in all (known to the launcher, which checked them): each replica reads only its shard
     split: str | None = None  # None (replicated) | "pp" | "tp"
     microbatches: int = 0  # pp: micro-batches per batch (0 = the number of stages)
     prompt: str | None = None  # --generate

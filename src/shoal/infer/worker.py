@@ -50,10 +50,10 @@ def replicated_worker(job: InferJob) -> dict:
         compute_s = time.perf_counter() - started
         write_shard(Path(job.staging), rank, {"tokens": tokens})
         return {"rows": stop - start, "compute_s": compute_s}
-    inputs = read(job.data, source)
-    start, stop = shard_range(len(inputs), world, rank)
+    start, stop = shard_range(job.rows, world, rank)
+    inputs = read(job.data, source, (start, stop))  # only this replica's shard
     started = time.perf_counter()
-    out = forward_batches(model, inputs.x[start:stop], job.batch, source.spec.num_classes)
+    out = forward_batches(model, inputs.x, job.batch, source.spec.num_classes)
     compute_s = time.perf_counter() - started
     write_shard(Path(job.staging), rank, {"outputs": out.numpy(), "predictions": predictions(out)})
     return {"rows": stop - start, "compute_s": compute_s}
