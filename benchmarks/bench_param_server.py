@@ -85,10 +85,10 @@ def modes(tmp: Path) -> list[dict]:
         train_recs, last_eval = records(out, "train"), records(out, "eval")[-1]
         last = train_recs[-1]
         epochs = base["train"]["epochs"]
-        if "comm_rounds" in last:
+        if "comm_bytes_total" in last:
             rounds, mb = last["comm_rounds"], last["comm_bytes_total"] / epochs / 1e6
         else:  # all-reduce: one round per step, comm_bytes per step
-            rounds, mb = last["step"], last["comm_bytes"] * last["step"] / epochs / 1e6
+            rounds, mb = last.get("comm_rounds", last["step"]), last["comm_bytes"] * last["step"] / epochs / 1e6
         rows.append({"variant": name, "rounds": rounds, "mb_per_epoch": mb, "accuracy": last_eval["accuracy"],
                      "staleness_max": last.get("staleness_max"), "staleness_mean_last": last.get("staleness_mean"), "wall_s": wall})
         print(json.dumps(rows[-1]), flush=True)
@@ -114,11 +114,12 @@ def score(trace: list, job: dict) -> list[tuple[float, int, float]]:
     return out
 
 
-def slow(tmp: Path) -> list[dict]:
+def slow(tmp: Path, rounds: int) -> list[dict]:
+    """Rounds interleave the variants (sync, async, ssp, ..., sync, ...) so drift in the machine's load hits all."""
     rows = []
-    for name, extra in [("sync", ps("sync")), ("async", ps("async")), ("ssp, staleness 2", ps("ssp")),
-                        ("ssp, staleness 8", ps("ssp", 8))]:
-        out = tmp / f"slow-{name.replace(' ', '').replace(',', '-')}"
+    variants = [("sync", ps("sync")), ("async", ps("async")), ("ssp, staleness 2", ps("ssp")), ("ssp, staleness 8", ps("ssp", 8))]
+    for i, (name, extra) in [(i, v) for i in range(rounds) for v in variants]:
+        out = tmp / f"slow-{name.replace(' ', '').replace(',', '-')}-{i}"
         trace_dir = tmp / f"trace-{out.name}"
         trace_dir.mkdir()
         env = {"SHOAL_TEST_SLOW_FACTOR": "1:2.0", "SHOAL_TEST_SAMPLE_S": "0.0005", "SHOAL_TEST_PS_TRACE": str(trace_dir),
@@ -128,7 +129,7 @@ def slow(tmp: Path) -> list[dict]:
         points = score(torch.load(trace_dir / "server-0.pt", weights_only=False), job)
         reached = {t: next(((s, v) for s, v, acc in points if acc >= t), (None, None)) for t in TARGETS}
         last = records(out, "train")[-1]
-        rows.append({"variant": name, **{f"time_to_{t}_s": reached[t][0] for t in TARGETS},
+        rows.append({"variant": name, "round": i, "load": os.getloadavg()[0], **{f"time_to_{t}_s": reached[t][0] for t in TARGETS},
                      **{f"updates_to_{t}": reached[t][1] for t in TARGETS}, "server_s": points[-1][0], "final_accuracy": records(out, "eval")[-1]["accuracy"],
                      "updates": points[-1][1], "staleness_max": last["staleness_max"], "wall_s": wall})
         print(json.dumps(rows[-1]), flush=True)
@@ -138,12 +139,13 @@ def slow(tmp: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["modes", "slow", "all"], default="all")
+    parser.add_argument("--rounds", type=int, default=2, help="slow part: interleaved rounds of every variant")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("slow", "all"):
-            result["slow"] = slow(Path(tmp))
+            result["slow"] = slow(Path(tmp), args.rounds)
         if args.part in ("modes", "all"):
             result["modes"] = modes(Path(tmp))
     result["load_after"] = os.getloadavg()[0]
