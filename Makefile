@@ -26,8 +26,6 @@ bench: setup
 	.venv/bin/python benchmarks/bench_prep.py
 	.venv/bin/python benchmarks/bench_infer.py
 	.venv/bin/python benchmarks/bench_serve.py
-	.venv/bin/python benchmarks/bench_infer.py
-	.venv/bin/python benchmarks/bench_serve.py
 	.venv/bin/python benchmarks/bench_node_restart.py
 	.venv/bin/python benchmarks/bench_compression_link.py
 	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,int8,powersgd,auto --steps 160 --eval-every 40 --target 0.35
