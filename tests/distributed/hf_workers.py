@@ -74,7 +74,7 @@ def job(kind: str, npz: str, overrides: dict) -> shoal.JobConfig:
 
 def read_run(out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"losses": [r["loss"] for r in records if r["kind"] == "train"], "eval": next(r for r in records if r["kind"] == "eval"),
+    return {"losses": [r["loss"] for r in records if r["kind"] == "train"], "eval": [r for r in records if r["kind"] == "eval"][-1],
             "params": torch.load(out / "model.pt")}
 
 
@@ -93,7 +93,11 @@ def run_cases(root: str, cases: list[tuple[str, str, str, dict]]) -> dict | None
             if torch.distributed.get_rank() == 0 and not Path(npz).exists():
                 write_npz(npz, "classify" if kind == "bert" else "lm")
             torch.distributed.barrier()
-            run_job(job(kind, npz, overrides), str(out), overwrite=True)
+            overrides = dict(overrides)
+            resume_of = overrides.pop("resume_of", None)  # continue that case's run (its checkpoint) under this layout
+            if resume_of:
+                out = Path(root) / f"{route}-{kind}-{resume_of}"
+            run_job(job(kind, npz, overrides), str(out), overwrite=not resume_of, resume=bool(resume_of))
         if torch.distributed.get_rank() == 0:
             results[(route, kind, name)] = read_run(out)
     return results if torch.distributed.get_rank() == 0 else None

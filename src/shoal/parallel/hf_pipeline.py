@@ -1,4 +1,4 @@
-"""Pipeline stages for transformers models: GPT-2 (causal LM) and BERT (sequence classifier) as chains of layers.
+"""Pipeline stages for transformers models: GPT-2 and Llama (causal LMs), BERT (sequence classifier) as chains of layers.
 
 The pipeline needs one tensor between stages. The batch's `input_ids` and `attention_mask` enter stage 0
 stacked as one (batch, 2, seq) tensor; from the embeddings on, the mask travels as one extra channel of
@@ -66,6 +66,17 @@ def _bert_layer(config, module, x):
     return _join(module(h, mask, None, encoder_attention_mask=None, cache=None), m)
 
 
+def _llama_layer(config, rotary, module, x):
+    from transformers.masking_utils import create_causal_mask
+
+    h, m = _split(x)
+    position_ids = torch.arange(h.shape[1], device=h.device)[None]
+    mask = create_causal_mask(config=config, inputs_embeds=h, attention_mask=m[..., 0].long(), cache=None, position_ids=position_ids)
+    position_embeddings = rotary(h, position_ids=position_ids)  # no weights: recomputed in every block's stage
+    return _join(module(h, attention_mask=mask, position_embeddings=position_embeddings, position_ids=position_ids, cache=None,
+                        use_cache=False), m)
+
+
 def _drop_mask(module, x):
     return module(_split(x)[0])
 
@@ -83,6 +94,12 @@ def chain(model: nn.Module) -> tuple[list[str], dict[str, Step]] | None:
         block = functools.partial(_gpt2_block, config)
         steps = {"transformer.wte": _embed, "transformer.wpe": _positions, "transformer.drop": _on_hidden,
                  **{f"transformer.h.{i}": block for i in range(n)}, "transformer.ln_f": _on_hidden, "lm_head": _drop_mask}
+        return list(steps), steps
+    if kind == "llama" and hasattr(model, "lm_head") and hasattr(model, "model"):
+        n = len(model.model.layers)
+        layer = functools.partial(_llama_layer, config, model.model.rotary_emb)
+        steps = {"model.embed_tokens": _embed, **{f"model.layers.{i}": layer for i in range(n)}, "model.norm": _on_hidden,
+                 "lm_head": _drop_mask}
         return list(steps), steps
     if kind == "bert" and hasattr(model, "classifier") and getattr(model.bert, "pooler", None) is not None and not config.is_decoder:
         n = len(model.bert.encoder.layer)

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from shoal.config import JobConfig
 from shoal.data import BatchPlan, fetch
+from shoal.data.batches import to_device
 from shoal.data.partition import split_sizes
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import ParallelDims
@@ -114,7 +115,7 @@ class Balance:
         """Samples per busy second of timed forward passes on an equal share (eval mode, no gradients, no RNG)."""
         n = min(-(-self.batch // self.ranks), len(train_set))
         x, y = fetch(train_set, np.arange(n))
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device), y.to(device)  # a dict for transformers-style batches
         layout.train(False)
         try:
             with torch.no_grad():
