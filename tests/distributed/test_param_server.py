@@ -121,3 +121,19 @@ def test_a_sigkilled_worker_restarts_bit_identical(ps, dirs):
     a, b = weights(ref), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a), max_diff(a, b)
     assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
+
+
+@pytest.mark.slow
+def test_an_ssp_run_resumes_from_its_checkpoint_after_a_sigkill(dirs):
+    """The same kill under ssp: the restart continues from the agreed step 4 with the servers' clocks and the workers'
+    counters, trains to the end within the bound (arrival order differs between runs, so no bit-identity here)."""
+    job = dirs / "restart_ssp.toml"
+    job.write_text(RESTART.replace('mode = "sync"', 'mode = "ssp"\nstaleness = 1'))
+    out = dirs / "restart_ssp"
+    shoal_train(job, out, "--nproc", "3", "--max-restarts", "1", env={"SHOAL_TEST_KILL": "1:6"})
+    resumed = records(out, "resume")
+    assert resumed and resumed[0]["step"] == 4 and "sync" in resumed[0]["parts"], resumed
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 15))
+    assert train[-1]["comm_rounds"] == 14 and all(r["staleness_max"] <= 1 for r in train)
+    assert set(weights(out)) == set(weights(dirs / "restart_ref"))
