@@ -137,3 +137,23 @@ def test_token_data_in_x_and_y_trains_the_builtin_gpt_with_the_token_level_loss(
                                           "train": {"global_batch_size": 4, "steps": 2}, "log": {"monitors": []}})
     result = run_job(cfg, None)
     assert result["eval"]["perplexity"] == pytest.approx(np.exp(result["eval"]["loss"]))
+
+
+def test_mse_and_a_loss_function_of_yours_by_name():
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 4)
+    y = x @ torch.randn(4, 1)
+    quiet = {"show_progress": False, "summary": False}
+    reg = shoal.fit(torch.nn.Linear(4, 1), TensorDataset(x, y), TensorDataset(x[:8], y[:8]),
+                    {"train": {"global_batch_size": 8, "steps": 2, "loss": "mse"}}, **quiet)
+    assert set(reg.eval) == {"loss"}
+    labels = (y[:, 0] > 0).long()
+    cfg = {"seed": 2, "train": {"global_batch_size": 8, "steps": 2}}
+    torch.manual_seed(1)
+    mine = shoal.fit(torch.nn.Linear(4, 2), TensorDataset(x, labels), None,
+                     shoal.config.deep_merge(cfg, {"train": {"loss": "torch.nn.functional:cross_entropy"}}), **quiet)
+    torch.manual_seed(1)
+    default = shoal.fit(torch.nn.Linear(4, 2), TensorDataset(x, labels), None, cfg, **quiet)
+    assert mine.train_loss == pytest.approx(default.train_loss, abs=1e-6)

@@ -59,8 +59,8 @@ def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, 
     shares = deal(len(dataset), dims.dp_size, "contiguous")
     mine = shares[layout.dp_rank]
     n_batches = math.ceil(max(len(s) for s in shares) / batch_size)
-    quality = classification_metrics(num_classes, env.device, group)
     loss = as_loss(loss_fn).for_scores()  # scores the logits (a model's own loss would average over the padding too)
+    quality = classification_metrics(num_classes, env.device, group) if loss.classes else None  # mse: no classes
     loss_sum, samples, sequences = 0.0, 0, loss.tokens
     for b in range(n_batches):
         idx, valid = _padded(mine[b * batch_size : (b + 1) * batch_size], batch_size)
@@ -70,11 +70,11 @@ def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, 
             continue
         out = scores_of(out, loss.key)
         out, y = out[:valid], y[:valid].to(out.device)
-        sequences = sequences or y.dim() > 1
+        sequences = sequences or (y.dim() > 1 and loss.classes)  # perplexity for token predictions, not for regression
         loss_sum += float(loss(out, y, reduction="sum"))
         samples += int(loss.units(y))  # samples, or scored tokens for a token-level loss
         scores, classes = loss.eval_view(out, y)
-        if scores is not None:
+        if scores is not None and quality is not None:
             quality.update(scores[..., :num_classes], classes)  # a padded vocabulary's extra logits are no class
     loss_total, sample_total, seq_flag = group.sum([loss_sum, samples, float(sequences)])
     with warnings.catch_warnings():  # ranks that score nothing (early pipeline stages) still join the state sync
