@@ -23,7 +23,6 @@ from shoal.config import JobConfig
 from shoal.data import check_samples
 from shoal.data.batches import DictDataset, as_pairs, check_model_takes, is_dict_data
 from shoal.distributed import DistEnv, init_distributed
-from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import check_layout
 from shoal.errors import ShoalError, speaks_api
 from shoal.job.checks import check_batching
@@ -92,7 +91,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     if tune_process:
         tune(cfg)
     strategy = sync_mod.SYNC.get(cfg.sync)  # param_server: its training group is the workers (every rank calls new_group)
-    group = strategy.training_group(cfg) if hasattr(strategy, "training_group") else TrainingGroup.world()
+    group = strategy.training_group(cfg)
     dims = check_batching(cfg, len(train_set), check_layout(cfg.parallel, group.size))  # the one layout of this worker
     sync = sync_mod.build(sync_mod.SyncContext(cfg, env, dims, group))
     classes = num_classes or _model_classes(model, task) or _infer_classes(train_set, eval_set)
@@ -106,7 +105,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
     try:
-        if not getattr(sync, "trains", True):  # a parameter server: it answers the workers' pushes and trains nothing
+        if not sync.trains:  # a parameter server: it answers the workers' pushes and trains nothing
             steps, wall = sync.serve(model, train_set, checkpoints, resume_from, build_optimizer, build_scheduler)
             return FitResult(model, steps, env.world_size, wall, 0.0, float("nan"))
         trainer = Trainer(cfg, replace(env, world_size=group.size), dims, sync, model, train_set, eval_set, classes, run_dir, loss_fn,

@@ -153,7 +153,7 @@ class CommConfig(Section):
 
 
 class PSConfig(Section):
-    """sync = "param_server": servers hold the parameters and run the optimizer; workers push gradients (docs/averaging.md)."""
+    """sync = "param_server": servers hold the parameters and run the optimizer; workers push gradients (docs/param_server.md)."""
 
     servers: int = Field(1, ge=1, le=64, description="ranks that serve parameters (the first ones); the rest are workers, sharded by size over the servers")
     mode: Literal["sync", "async", "ssp"] = Field("sync", description="sync: every worker's gradient of a step applied together (equals data "
@@ -207,7 +207,8 @@ class HealthConfig(Section):
     heartbeat_s: float = Field(1.0, ge=0.0, le=86400.0, description="seconds between a rank's heartbeats in the c10d store (0 = off)")
     straggler_threshold: float = Field(1.5, gt=1.0, description="a rank busy longer than this x the other ranks' median per step is slow")
     straggler_windows: int = Field(3, ge=1, description="log windows in a row a rank must be slow before it is named a straggler")
-    straggler_min_s: float = Field(0.01, ge=0.0, le=1e6, description="and busy at least this many seconds per step longer than that median: millisecond steps jitter by more than any threshold")
+    straggler_min_s: float = Field(0.01, ge=0.0, le=1e6, description="and busy at least this many seconds per step longer than that median: "
+                                   "millisecond steps jitter by more than any threshold")
 
 
 class LogConfig(Section):

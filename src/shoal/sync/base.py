@@ -47,6 +47,16 @@ class SyncContext:
 class SyncStrategy:
     supports_model_parallel = False  # True: it composes with fsdp/tp/pp (their collectives stay inside the model)
     grads_synced = True  # False: after backward each rank holds only its own gradient (local updates)
+    trains = True  # False on ranks that serve the others (a parameter server's servers): `fit` calls `serve` there
+
+    @classmethod
+    def training_group(cls, cfg: JobConfig) -> TrainingGroup:
+        """The ranks that run the training loop; every rank calls this (a strategy may build a group here)."""
+        return TrainingGroup.world()
+
+    def serve(self, *args, **kwargs):
+        """What a rank with `trains = False` runs instead of the training loop; returns (steps, wall seconds)."""
+        raise NotImplementedError
 
     def __init__(self, ctx: SyncContext):
         self.ctx = ctx
