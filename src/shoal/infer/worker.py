@@ -29,9 +29,9 @@ def rank_and_world() -> tuple[int, int]:
 
 def worker_main(job: InferJob) -> dict:
     """Entry of a spawned worker; user errors come back as a value so the command prints one line."""
-    torch.set_grad_enabled(False)
     try:
-        return split_worker(job) if job.split else replicated_worker(job)
+        with torch.no_grad():  # not set_grad_enabled: one process runs this in the caller's own process
+            return split_worker(job) if job.split else replicated_worker(job)
     except ShoalError as err:
         return {"error": str(err)}
 
