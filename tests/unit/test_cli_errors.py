@@ -60,8 +60,9 @@ CASES = [
     ("wrong_type", [], ["train.epochs", "integer"]),
     ("good", ["--nproc", "0"], ["nproc", "greater than or equal to 1"]),
     ("good", ["--nproc", "two"], ["--nproc", "integer"]),
-    ("good", ["--nproc", "3"], ["train.global_batch_size = 32", "3 x 1"]),
-    ("good", ["--set", "train.grad_accum=3"], ["train.global_batch_size", "1 x 3"]),
+    # 32 over 3 processes (or 3 micro-batches) is dealt unevenly, exactly; where each rank owns a fixed shard it must divide
+    ("good", ["--nproc", "3", "--set", "data.partition_scope='dataset'"], ["train.global_batch_size = 32", "3 x 1"]),
+    ("good", ["--set", "train.grad_accum=3", "--set", "data.partition_scope='dataset'"], ["train.global_batch_size", "1 x 3"]),
     ("good", ["--set", "train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
     ("good", ["--set", "name.first=1"], ["'name' is a value"]),
     ("good", ["--set", "train.clip_grad_norm=-1"], ["train.clip_grad_norm"]),
