@@ -38,9 +38,9 @@ def train(names: list[str]) -> dict:
     for name in names:
         read: list[np.ndarray] = []
 
-        def recording(dataset, per_rank, rank, accum, device, read=read):
+        def recording(dataset, per_rank, rank, *rest, read=read, **kwargs):
             read.append(per_rank[rank].copy())
-            return real(dataset, per_rank, rank, accum, device)
+            return real(dataset, per_rank, rank, *rest, **kwargs)
 
         trainer_mod.microbatches = recording
         try:
