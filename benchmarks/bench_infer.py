@@ -23,22 +23,12 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench_jobs import wide_mlp  # noqa: E402
+
 from shoal.infer.generate import generate  # noqa: E402
 from shoal.models.gpt import build_gpt  # noqa: E402
 
-MLP = """name = "bench-infer"
-[model]
-name = "mlp"
-hidden = [1024, 1024, 1024]
-[data]
-name = "synthetic"
-synthetic_features = 64
-synthetic_classes = 10
-synthetic_samples = 512
-[train]
-global_batch_size = 64
-steps = 1
-"""
+MLP = wide_mlp("bench-infer")
 
 
 def shoal(*args: str) -> tuple[float, str]:

@@ -29,22 +29,12 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench_jobs import wide_mlp  # noqa: E402
+
 from shoal.distributed.env import free_port  # noqa: E402
 from shoal.infer import build, resolve  # noqa: E402
 
-JOB = """name = "bench-serve"
-[model]
-name = "mlp"
-hidden = [1024, 1024, 1024]
-[data]
-name = "synthetic"
-synthetic_features = 64
-synthetic_classes = 10
-synthetic_samples = 512
-[train]
-global_batch_size = 64
-steps = 1
-"""
+JOB = wide_mlp("bench-serve")
 
 
 def train(tmp: Path) -> Path:
