@@ -28,7 +28,7 @@ from shoal.errors import ShoalError, speaks_api
 from shoal.job.checks import check_batching
 from shoal.plugins import import_plugins
 from shoal.report import write_report
-from shoal.run_start import describe_origin, start_run
+from shoal.run_start import describe_origin, run_complete, start_run
 from shoal.train.losses import build_loss
 from shoal.train.optim import build_optimizer, build_scheduler
 from shoal.train.process import tune_process as tune
@@ -100,7 +100,10 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     start = start_run(cfg, env, out, overwrite, resume, restarted, _run_id, origin)  # locks, checks; writes nothing yet
     checkpoints, resume_from, run_dir = start.checkpoints, start.resume_from, start.run_dir
     if resume_from is not None:
-        sync.before_resume(read_marker(resume_from))
+        marker = read_marker(resume_from)
+        if resume and not restarted and sync.trains:
+            _refuse_complete(marker, sync.total_steps(sync.batch_plan(len(train_set), train_set)), out, run_dir)
+        sync.before_resume(marker)
     if run_dir is not None:
         run_dir.write_config(config_mod.to_toml(cfg))
     torch.manual_seed(cfg.seed + env.rank)  # dropout and other noise differ per rank, reproducibly
@@ -114,13 +117,23 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
         if run_dir is not None:
             run_dir.save_model(state)
-            write_report([run_dir.path], run_dir.path / "report.html")  # every run directory gets its report
+            write_report([run_dir.path], run_dir.path / "report.html",  # every run directory gets its report
+                         kept="the model (model.pt) and the checkpoints are saved")
     finally:
         if run_dir is not None:
             run_dir.close()  # also when training failed: the directory's lock goes with this call, not the process
     if summary and env.is_main:
         print_summary(summary_rows(cfg, env, result))
     return result
+
+
+def _refuse_complete(marker: dict, total: int, out, run_dir) -> None:
+    """resume=True of a run at its last step: say so (as `shoal train --resume` does) rather than train 0 steps."""
+    step = int(marker.get("step", 0))
+    if step >= total:
+        if run_dir is not None:
+            run_dir.close()  # releases the lock; nothing was written
+        raise run_complete(out, step, total)
 
 
 def summary_rows(cfg: JobConfig, env: DistEnv, r: FitResult) -> list[tuple[str, str]]:

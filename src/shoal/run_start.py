@@ -111,6 +111,12 @@ def nothing_to_resume(root: Path, skipped: list[tuple[Path, str]]) -> ShoalError
     return ShoalError(f"--resume: no complete checkpoint in '{root}'; drop --resume to start afresh")
 
 
+def run_complete(out: Path, step: int, total: int) -> ShoalError:
+    """`--resume` of a run already at its last step: the CLI's dry run and `shoal.fit` say it in the same words."""
+    return ShoalError(f"--resume: the run in '{out}' is complete (step {step} of {total}); to train further raise train.steps "
+                      "or train.epochs, or start another run")
+
+
 def _checkpoints(cfg, env, out: Path, resume: bool, restarted: bool, run_id: str | None, wanted: str | None,
                  run_dir: RunDir | None) -> tuple[Checkpointer | None, Path | None]:
     """Checkpointing needs a run directory; resuming needs a complete checkpoint of this run in it."""

@@ -60,3 +60,19 @@ def test_fit_raises_one_line_in_api_words(tmp_path, make, words):
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
     assert tree(tmp_path) == before
+
+
+def test_resume_of_a_complete_run_says_so(tmp_path):
+    """As `shoal train --resume` does: a run at its last step is complete, not trained for zero more steps."""
+    out = tmp_path / "run"
+    shoal.fit(torch.nn.Linear(6, 2), DATA, None, CONFIG, out=out, summary=False, show_progress=False)
+    before = tree(tmp_path)
+    with pytest.raises(ShoalError) as raised:
+        shoal.fit(torch.nn.Linear(6, 2), DATA, None, CONFIG, out=out, resume=True, summary=False, show_progress=False)
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1 and "--" not in message, message
+    assert "resume=True" in message and "is complete (step 1 of 1)" in message and "train.steps" in message, message
+    assert tree(tmp_path) == before
+    more = shoal.fit(torch.nn.Linear(6, 2), DATA, None, CONFIG, out=out, resume=True, overrides=["train.steps=2"], summary=False,
+                     show_progress=False)
+    assert more.steps == 2  # the same run, given more steps, continues

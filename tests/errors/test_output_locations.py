@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from error_contract import BASE, job_file, refused, tree
+from shoal import report
 from shoal.cli import main
 
 CKPT = BASE.replace("steps = 1", "steps = 4") + "[checkpoint]\nevery = 2\n"
@@ -129,3 +130,36 @@ def test_leftover_temporary_files_go_at_the_next_start(tmp_path):
     assert _train(job, run, "--resume", "--set", "train.steps=6") == 0
     assert leftovers(run) == []
     assert (run / "checkpoints" / "step-00000006").is_dir() and before
+
+
+def test_full_disk_at_the_report_keeps_the_model_and_checkpoints(tmp_path, capsys, mounts, monkeypatch):
+    """The disk fills (another program, say) just before report.html, the last write of a run: one line that says
+    the model and checkpoints are saved and how to write the page later; no temporary file."""
+    disk = tmp_path / "disk"
+    mounts(disk, "size=4m")
+    real_render = report.render
+
+    def render_then_fill(runs):
+        page = real_render(runs)
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=64k"], capture_output=True)  # to the last block
+        return page
+
+    monkeypatch.setattr(report, "render", render_then_fill)
+    job = job_file(tmp_path, CKPT)
+    assert _train(job, disk / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in ("no space left", str(disk / "run"), "report.html", "model.pt", "checkpoints are saved", f"shoal report {disk / 'run'}"):
+        assert word in err, (word, err)
+    assert leftovers(disk) == [] and not (disk / "run" / "report.html").exists()
+    assert sorted(p.name for p in (disk / "run" / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert set(torch.load(disk / "run" / "model.pt", weights_only=True))  # whole and loadable
+    monkeypatch.undo()
+    (disk / "filler").unlink()
+    assert _report(disk / "run") == 0 and (disk / "run" / "report.html").stat().st_size > 0
+
+
+def _report(run: Path) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(run)])
+    return done.value.code

@@ -26,7 +26,7 @@ from shoal.models import build_model, one_line, resolve_factory
 from shoal.parallel import pipeline, sharded, tensor
 from shoal.parallel.layers import require_chain
 from shoal.run_dir import read_run_info
-from shoal.run_start import nothing_to_resume
+from shoal.run_start import nothing_to_resume, run_complete
 
 CPU_RETRY_PARAMS = 2**26  # a model the meta device cannot run is built for real only up to this size
 
@@ -195,5 +195,4 @@ def check_resume(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, out: Path) 
     step = int(read_marker(latest).get("step", 0))
     total = total_steps(cfg, plan_for(cfg, spec.n_train, dims.dp_size))
     if step >= total:
-        raise ShoalError(f"--resume: the run in '{out}' is complete (step {step} of {total}); to train further raise train.steps "
-                         "or train.epochs, or start another run")
+        raise run_complete(out, step, total)
