@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from shoal.config import ParallelConfig
 from shoal.distributed.mesh import ParallelDims
@@ -19,7 +18,7 @@ from shoal.errors import ShoalError
 from shoal.parallel import balance, hf_pipeline
 from shoal.parallel.layers import require_chain
 
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B}
+SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved": "ScheduleInterleaved1F1B"}  # torch.distributed.pipelining names
 
 
 class StageChain(nn.Module):
@@ -158,9 +157,11 @@ def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) 
 
 def build_schedule(stages: dict[int, nn.Module], total: int, dims: ParallelDims, cfg: ParallelConfig, device: torch.device, loss_fn):
     """The schedule sums micro-batch losses as they come (scale_grads=False): loss_fn already normalises."""
+    from torch.distributed import pipelining  # imported here: ~1.4 s of CPU in every worker, and only pp > 1 needs it
+
     group = dims.submesh("pp").get_group()
-    pipeline_stages = [PipelineStage(module, s, total, device, group=group) for s, module in sorted(stages.items())]
-    schedule_cls = SCHEDULES[cfg.pp_schedule]
+    pipeline_stages = [pipelining.PipelineStage(module, s, total, device, group=group) for s, module in sorted(stages.items())]
+    schedule_cls = getattr(pipelining, SCHEDULES[cfg.pp_schedule])
     micro = dims.microbatches
     if cfg.pp_schedule == "interleaved":
         return schedule_cls(pipeline_stages, micro, loss_fn=loss_fn, scale_grads=False), pipeline_stages

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from shoal.data import fetch
 from shoal.errors import ShoalError
@@ -65,6 +64,8 @@ class Average(LocalUpdates):
         out = self.module(x.to(self.ctx.env.device))
         self.module.train(was)
         classes = self.num_classes or out.shape[-1]
+        from torchmetrics.functional.classification import multiclass_accuracy  # only score weights need it (~2 s to import)
+
         return float(multiclass_accuracy(out[..., :classes].flatten(0, -2), y.flatten().to(out.device), classes, average="micro"))
 
     def combine(self, averaged: list[torch.Tensor]) -> None:
