@@ -85,6 +85,12 @@ class DataConfig(Section):
     prefetch: Literal["auto", "on", "off"] = Field(
         "auto", description="read the next step's batch in a background thread (auto: for index-based data sets, whose "
         "samples draw no random numbers)")
+    read: Literal["auto", "all", "rank", "stream"] = Field(
+        "auto", description="parquet: rank = each rank holds only the rows it uses (1/N of them); stream = rows read in blocks, "
+        "never all in memory, position in the checkpoint; all = every rank holds every row; auto = rank where the batch plan "
+        "is known in advance, else all (docs/data.md)")
+    stream_block_rows: int = Field(65536, ge=1, le=2**31, description="read = stream: rows per block, the unit of reading and "
+                                   "of shuffling (block order and the rows inside a block are shuffled, seeded)")
 
 
 class OptimizerConfig(Section):
@@ -291,6 +297,33 @@ class JobConfig(Section):
         if self.data.name in ("npz", "parquet") and not self.data.path:
             raise ValueError(f"data.path is required when data.name = '{self.data.name}'")
         return self
+
+    @model_validator(mode="after")
+    def _data_read_fits(self) -> JobConfig:
+        d, read = self.data, self.data.read
+        if read in ("rank", "stream") and d.name != "parquet":
+            raise ValueError(f"data.read = '{read}' reads Parquet files; data.name = '{d.name}' is loaded whole: use data.read = 'auto'")
+        if read == "stream" and d.partition_scope != "batch":
+            raise ValueError("data.read = 'stream' needs data.partition_scope = 'batch': a fixed shard per rank is shuffled over "
+                             "the whole run, which a stream read in order cannot serve")
+        if read == "stream" and self.sync == "federated":
+            raise ValueError("data.read = 'stream' cannot feed sync = 'federated': clients own shards drawn from the whole data "
+                             "set; use data.read = 'rank' or 'all'")
+        if read == "rank" and self.parallel.balance == "speed":
+            raise ValueError("data.read = 'rank' needs each rank's samples known in advance, which parallel.balance = 'speed' "
+                             "moves as it measures; use data.read = 'all' or 'stream', or fixed parallel.batch_shares")
+        if read == "rank" and self.sync == "federated" and self.federated.split != "iid":
+            raise ValueError(f"data.read = 'rank' cannot split clients by label (federated.split = '{self.federated.split}' "
+                             "reads every label first); use data.read = 'all'")
+        return self
+
+    def data_read(self) -> str:
+        """What data.read = 'auto' means for this job: rank-local Parquet rows where the plan is known in advance."""
+        d = self.data
+        if d.read != "auto":
+            return d.read
+        fixed_plan = self.parallel.balance != "speed" and not (self.sync == "federated" and self.federated.split != "iid")
+        return "rank" if d.name == "parquet" and fixed_plan else "all"
 
 
 def _describe(err: ValidationError) -> str:

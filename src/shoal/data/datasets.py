@@ -249,6 +249,58 @@ def _load_parquet(cfg: DataConfig, seed: int):
     return _tensors(xt, yt, cfg.limit_train), _tensors(xe, ye, cfg.limit_eval)
 
 
+def read_mode(cfg: DataConfig) -> str:
+    """data.read for this data: auto reads Parquet per rank (JobConfig.data_read says where the plan forbids it)."""
+    return cfg.read if cfg.read != "auto" else "rank" if cfg.name == "parquet" else "all"
+
+
+def _parquet_source(cfg: DataConfig):
+    from shoal.data.parquet_rows import ParquetSource
+
+    files, features, label, classes = _parquet_parts(cfg)
+    for f in files:
+        _check_columns(f, features, label)
+    try:
+        source = ParquetSource(files, features, label, f"data.path '{cfg.path}'")
+    except ShoalError:
+        raise
+    except Exception as err:
+        raise ShoalError(f"data.path: cannot read the row groups of '{cfg.path}' ({_one_line(err)})") from None
+    return source, classes
+
+
+def _parquet_by_rows(cfg: DataConfig, seed: int, mode: str) -> Splits:
+    """Parquet read per rank (`rank`: the seeded split of `all`, rows held as the plan needs them) or streamed (`stream`:
+    the trailing eval_fraction of rows is the evaluation set); no row is read here but the label column."""
+    from shoal.data.parquet_rows import RankRows
+    from shoal.data.stream import StreamRows
+
+    source, classes = _parquet_source(cfg)
+    n = source.n_rows
+    n_eval = int(round(n * cfg.eval_fraction))
+    if mode == "stream":
+        n_train, n_ev = _limit(n - n_eval, cfg.limit_train), _limit(n_eval, cfg.limit_eval)
+        train, eval_ = StreamRows(source, 0, n_train, cfg.stream_block_rows), StreamRows(source, n - n_eval, n_ev, cfg.stream_block_rows)
+        used = np.concatenate([np.arange(n_train), np.arange(n - n_eval, n - n_eval + n_ev)])
+    else:
+        order = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(n)  # the split of _held_out, row for row
+        tr, ev = order[n_eval:][: _limit(n - n_eval, cfg.limit_train)], order[:n_eval][: _limit(n_eval, cfg.limit_eval)]
+        train, eval_ = RankRows(source, tr), RankRows(source, ev)
+        used = np.sort(np.concatenate([tr, ev]))
+    if len(train) == 0:
+        raise ShoalError(f"data: the training split of '{cfg.name}' is empty; check data.path, data.limit_train and data.eval_fraction")
+    limited = cfg.limit_train or cfg.limit_eval
+    _, high = source.label_range(used if limited else None)
+    if high >= MAX_CLASSES:
+        raise ShoalError(f"data.path '{cfg.path}': label column '{source.label}' holds the label {high}; labels must be class codes 0..C-1 "
+                         f"with C at most {MAX_CLASSES:,}")
+    if classes and high >= classes:
+        raise ShoalError(f"data.path '{cfg.path}': label {high} in column '{source.label}' is not below the manifest's label_classes = {classes}; "
+                         "rerun `shoal prep`")
+    spec = DataSpec((len(source.features),), high + 1, len(train), len(eval_))
+    return Splits(train, eval_ if len(eval_) else None, spec)
+
+
 def _check_columns(path: Path, features: list[str], label: str) -> None:
     """Before reading: the file is Parquet, every column exists, features are numbers and the label integers."""
     import pyarrow as pa
@@ -327,6 +379,8 @@ def load(cfg: DataConfig, seed: int) -> Splits:
         return columns
     if cfg.name == "npz" and cfg.task == "lm":
         return _load_lm_tensors(cfg, seed)
+    if cfg.name == "parquet" and read_mode(cfg) != "all":
+        return _parquet_by_rows(cfg, seed, read_mode(cfg))
     loaders = {"mnist": lambda: _load_mnist(cfg), "digits": lambda: _load_digits(cfg, seed),
                "synthetic": lambda: _load_synthetic(cfg, seed), "npz": lambda: _load_npz(cfg, seed),
                "parquet": lambda: _load_parquet(cfg, seed),

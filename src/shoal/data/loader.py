@@ -10,7 +10,11 @@ import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from shoal.data.batches import DictDataset, to_device
+from shoal.data.parquet_rows import RankRows
+from shoal.data.stream import StreamRows
 from shoal.errors import ShoalError
+
+BY_INDEX = (TensorDataset, RankRows, StreamRows)  # read by index in one call, drawing no random numbers
 
 
 @dataclass
@@ -56,6 +60,8 @@ def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Te
         return x, y
     if isinstance(dataset, DictDataset):
         return dataset.take(torch.as_tensor(indices, dtype=torch.long))
+    if isinstance(dataset, (RankRows, StreamRows)):
+        return dataset.take(indices)
     if len(indices) == 0:
         x0, y0 = default_collate([dataset[0]])
         return ({k: v[:0] for k, v in x0.items()} if isinstance(x0, dict) else x0[:0]), y0[:0]

@@ -63,12 +63,16 @@ class BatchPlan:
             return np.arange(self.n_samples)
         return _permutation(self.n_samples, self.seed, 0, epoch)
 
+    def order_slice(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """Positions [start, stop) of the epoch's sample order."""
+        return self.epoch_order(epoch)[start:stop]
+
     def step(self, epoch: int, step: int, shares: list[float] | None = None) -> list[np.ndarray]:
         """Dataset indices of every rank at (epoch, step); the global batch is their union. `shares` (scope "batch"
         only; one positive number per rank, e.g. sample counts of a full batch) split every batch in proportion
         (largest remainder); None deals equal parts."""
         if self.scope == "batch":
-            batch = self.epoch_order(epoch)[step * self.global_batch : (step + 1) * self.global_batch]
+            batch = self.order_slice(epoch, step * self.global_batch, (step + 1) * self.global_batch)
             sizes = None if shares is None else split_sizes(len(batch), shares)
             return [batch[part] for part in deal(len(batch), self.world, self.strategy, self.seed, 2, epoch, step, sizes=sizes)]
         if shares is not None:
@@ -81,10 +85,55 @@ class BatchPlan:
         return out
 
 
+@dataclass(frozen=True)
+class StreamPlan(BatchPlan):
+    """`data.read = "stream"`: the epoch's order visits blocks of `block` consecutive samples, so a reader needs one block
+    at a time. Shuffled, the blocks come in a seeded order and the samples inside each block in a seeded order (both new
+    every epoch); unshuffled, the order is the files' row order. Either way it depends on the seed alone, never on the
+    world size, so batches are dealt exactly as under `BatchPlan` and one process sees the same batches as N."""
+
+    block: int = 65536
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return self.order_slice(epoch, 0, self.n_samples)
+
+    def order_slice(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        order, ends = _blocks(self.n_samples, self.block, self.seed, self.shuffle, epoch)
+        stop = min(stop, self.n_samples)
+        parts = []
+        for k in range(int(np.searchsorted(ends, start, side="right")), int(np.searchsorted(ends, stop, side="left")) + 1):
+            if k >= len(order) or start >= stop:
+                break
+            b, size = int(order[k]), int(min(self.block, self.n_samples - order[k] * self.block))
+            begin = int(ends[k]) - size
+            lo, hi = max(start, begin) - begin, min(stop, int(ends[k])) - begin
+            inside = _permutation(size, self.seed, 5, epoch, b)[lo:hi] if self.shuffle else np.arange(lo, hi)
+            parts.append(b * self.block + inside)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@lru_cache(maxsize=4)
+def _blocks(n: int, block: int, seed: int, shuffle: bool, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's block order and where each block ends in the sample order."""
+    count = -(-n // block)
+    order = _permutation(count, seed, 4, epoch) if shuffle else np.arange(count)
+    return order, np.cumsum(np.minimum(block, n - order * block))
+
+
 def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
     """The job's batch plan over `world` data-parallel ranks (replicas x shards; tp and pp peers share one)."""
     d = cfg.data
+    if d.read == "stream":
+        return StreamPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last,
+                          cfg.seed, d.stream_block_rows)
     return BatchPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last, cfg.seed)
+
+
+def rank_epoch(plan: BatchPlan, epoch: int, rank: int, shares: list[int] | None = None) -> np.ndarray:
+    """Every sample `rank` reads in `epoch` (what it must hold to read no other)."""
+    if getattr(plan, "scope", "batch") == "dataset" and not getattr(plan, "drop_last", False):
+        return _shards(plan)[rank]  # a fixed shard, whatever the order inside it
+    return np.concatenate([plan.step(epoch, s, shares)[rank] for s in range(plan.steps_per_epoch())] or [np.zeros(0, np.int64)])
 
 
 def total_steps(cfg: JobConfig, plan: BatchPlan) -> int:

@@ -3,7 +3,8 @@
 The batch plan fixes every step's samples in advance, so the next batch can be read early.
 A batch is used only if it was fetched for exactly the indices the step asks for (shares can
 change between steps); otherwise it is fetched again in the foreground. Only index-based data
-sets are fetched ahead by default (`data.prefetch = "auto"`): a Dataset of the user's may draw
+sets are fetched ahead by default (`data.prefetch = "auto"`: tensors, and Parquet rows read per rank or
+streamed, whose reading then happens in that thread too): a Dataset of the user's may draw
 random numbers in `__getitem__`, and a second thread would change their order.
 """
 
@@ -13,11 +14,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
+
+from shoal.data.loader import BY_INDEX
 
 
 def wanted(mode: str, dataset: Dataset) -> bool:
-    return mode == "on" or (mode == "auto" and isinstance(dataset, TensorDataset))
+    return mode == "on" or (mode == "auto" and isinstance(dataset, BY_INDEX))
 
 
 class Prefetcher:

@@ -30,7 +30,7 @@ def run_job(cfg: JobConfig, out: str | None, overwrite: bool = False, resume: bo
     """Build the job's data and model, then train them with `fit`: the job file defines the model. `run_id`: the
     launcher's (every attempt of one job shares it); None lets rank 0 decide."""
     tune_process(cfg)  # a worker owns its process; a library caller of fit keeps theirs
-    splits = load_data(cfg.data, cfg.seed)
+    splits = load_data(cfg.data.model_copy(update={"read": cfg.data_read()}), cfg.seed)  # Parquet: per rank where the plan allows
     with torch.device("meta") if cfg.parallel.meta_init else contextlib.nullcontext():  # shards are materialized later
         model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
     if cfg.train.loss != "auto" or splits.spec.dict_inputs:

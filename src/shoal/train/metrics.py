@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from shoal.data import deal, fetch
 from shoal.data.batches import to_device
+from shoal.data.parquet_rows import hold
 from shoal.distributed import DistEnv
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.mesh import ParallelDims
@@ -58,6 +59,7 @@ def evaluate_layout(layout: Layout, dataset: Dataset, batch_size: int, loss_fn, 
     layout.train(False)
     shares = deal(len(dataset), dims.dp_size, "contiguous")
     mine = shares[layout.dp_rank]
+    hold(dataset, lambda: mine)  # Parquet read per rank: only this rank's share in memory
     n_batches = math.ceil(max(len(s) for s in shares) / batch_size)
     loss = as_loss(loss_fn).for_scores()  # scores the logits (a model's own loss would average over the padding too)
     quality = classification_metrics(num_classes, env.device, group) if loss.classes else None  # mse: no classes

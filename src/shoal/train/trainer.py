@@ -23,8 +23,9 @@ from torch.utils.data import Dataset
 from shoal import parallel
 from shoal.checkpoint import Checkpointer, latest_checkpoint
 from shoal.config import JobConfig
-from shoal.data import fetch, microbatches
+from shoal.data import fetch, microbatches, stream
 from shoal.data.batches import to_device
+from shoal.data.parquet_rows import EpochShare, read_stats
 from shoal.data.prefetch import Prefetcher
 from shoal.data.prefetch import wanted as prefetch_wanted
 from shoal.distributed import DistEnv, fault_injection
@@ -121,6 +122,8 @@ class Trainer:
         self.balance = Balance(cfg, dims, self.group, self.layout.dp_rank, lambda: self.health.busy_s, self._log, env.is_main)
         self.grad_clock = GradClock(self.layout.parameters())
         self.prefetch = Prefetcher(prefetch_wanted(cfg.data.prefetch, train_set))
+        self.share = EpochShare(train_set, self.plan, self.layout.dp_rank)  # data.read = rank: hold this rank's rows only
+        self.data_parts = stream.parts(train_set, self.plan)  # data.read = stream: its position
 
     def _say_where_rank0_runs(self) -> None:
         """On a node without global rank 0, which ranks train here and where progress prints (else: silence)."""
@@ -143,7 +146,7 @@ class Trainer:
 
     def parts(self) -> dict:
         """The named stateful parts checkpoints carry besides model, optimizer, schedule and RNG."""
-        return {**self.sync.parts(), **({"balance": self.balance} if self.balance.measure else {})}
+        return {**self.sync.parts(), **({"balance": self.balance} if self.balance.measure else {}), **self.data_parts}
 
     def _log(self, record: dict) -> None:
         if self.run_dir is not None and self.env.is_main:
@@ -157,7 +160,11 @@ class Trainer:
         per_rank = self.balance.deal(self.plan, epoch, in_epoch)  # batch shares: equal, fixed or by measured speed
         mine, total = per_rank[self.layout.dp_rank], sum(len(p) for p in per_rank)
         units = None if self.loss_fn.per_sample else self.loss_fn.units  # a token-level loss counts the global batch's tokens
-        load = lambda: list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device, units))  # noqa: E731
+        shares = self.balance.shares if self.balance.active else None
+
+        def load() -> list:
+            self.share.ready(epoch, shares)  # a new epoch: its rows replace the last one's (in the prefetch thread, if on)
+            return list(microbatches(self.train_set, per_rank, self.layout.dp_rank, self.cfg.train.grad_accum, self.env.device, units))
         return Prefetcher.key(mine, total), load
 
     def train_step(self, step: int) -> tuple[float, int, dict[str, float]] | None:
@@ -202,6 +209,8 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
         meta = {"layout": self.dims.describe(), "job": self.cfg.name, **self.sync.checkpoint_meta()}
+        for part in self.data_parts.values():
+            part.at(step)
         path = self.checkpoints.save(step, self.layout.modules, self.optimizer, self.scheduler, meta,
                                      fault=fault_injection.kill_before_commit(self.env.rank), parts=self.parts())
         self._log({"kind": "checkpoint", "step": step, "path": str(path), "save_s": time.perf_counter() - t0})
@@ -249,6 +258,15 @@ class Trainer:
                    **self.sync.stats(), **signals})
         self.progress.update(step, f"loss {loss:.4f}  {rate:,.0f} samples/s")
         return loss
+
+    def log_reads(self) -> None:
+        """Parquet read per rank or streamed: what every rank read (collective), as one "data" record."""
+        stats = read_stats(self.train_set)
+        if stats is None:
+            return
+        keys = list(stats)
+        every = self.group.gather([float(stats[k]) for k in keys])
+        self._log({"kind": "data", "step": self.steps, "ranks": [{k: int(v) for k, v in zip(keys, row)} for row in every]})
 
     def log_events(self, step: int) -> None:
         """Records the sync strategy made of its own (a choice, a change of shares): in metrics.jsonl and on the console."""
@@ -309,6 +327,7 @@ class Trainer:
             if self.cfg.checkpoint.at_end and first < self.steps:
                 self.save_checkpoint(self.steps)
             self.checkpoints.wait()
+        self.log_reads()
         wall = time.perf_counter() - start
         self.progress.close()
         self.prefetch.close()
