@@ -122,8 +122,11 @@ class ParquetSource:
         fi = int(np.searchsorted(self.file_starts, row, side="right")) - 1
         return self.files[fi].name, int(row) - int(self.file_starts[fi])
 
-    def note_held(self) -> None:
-        self.stats.peak_bytes = max(self.stats.peak_bytes, sum(h.held_bytes for h in self.holders))
+    def note_held(self, rows: int) -> None:
+        """`rows` more rows taken into memory; the data sets' bytes now (the loop and the prefetch thread both call this)."""
+        with self.lock:
+            self.stats.rows_read += rows
+            self.stats.peak_bytes = max(self.stats.peak_bytes, sum(h.held_bytes for h in self.holders))
 
 
 def labels_as_codes(y: np.ndarray, where: str, label: str) -> np.ndarray:
@@ -170,8 +173,7 @@ class RankRows(Dataset):
             self.held, self.x, self.y = self.held[:0], self.x[:0], self.y[:0]
             x, y = self.source.read_rows(wanted)
             self.held, self.x, self.y = wanted, x, y
-            self.source.stats.rows_read += len(wanted)
-            self.source.note_held()
+            self.source.note_held(len(wanted))
 
     def take(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
@@ -186,7 +188,8 @@ class RankRows(Dataset):
             missing, back = np.unique(rows[~inside], return_inverse=True)
             mx, my = self.source.read_rows(missing)
             x[~inside], y[~inside] = mx[back], my[back]
-            self.source.stats.on_demand_rows += len(missing)
+            with self.source.lock:
+                self.source.stats.on_demand_rows += len(missing)
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

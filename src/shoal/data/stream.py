@@ -53,8 +53,7 @@ class StreamRows(Dataset):
         start = self.first + b * self.block
         rows = self.source.read_range(start, min(start + self.block, self.first + self.n))
         self.cache[b] = rows
-        self.source.stats.rows_read += len(rows[1])
-        self.source.note_held()
+        self.source.note_held(len(rows[1]))
         return rows
 
     def take(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
