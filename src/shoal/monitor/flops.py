@@ -29,7 +29,8 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     """FLOP/s of repeated `size x size` matmuls (0: 1024 on CPU, 8192 on an accelerator), best of a few timed runs."""
     device = torch.device(device)
     size = size or (1024 if device.type == "cpu" else 8192)
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    g = torch.Generator(device).manual_seed(0)  # its own stream: measuring must not move the job's RNG (dropout masks)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=g) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b  # warm-up: allocation, kernel selection
     sync()
