@@ -1,5 +1,5 @@
 # The two commands of the README; each does its own set-up.
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench peers
 
 setup:
 	@bash scripts/setup.sh
@@ -31,3 +31,9 @@ bench: setup
 	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,int8,powersgd,auto --steps 160 --eval-every 40 --target 0.35
 	.venv/bin/python benchmarks/bench_plan_scale.py
 	.venv/bin/python benchmarks/bench_plan_here.py
+
+# Shoal against a hand-written DDP loop, Accelerate, Lightning, DeepSpeed and Ray Train on equal work (BENCHMARKS.md, "peers").
+# Each peer gets its own venv in benchmarks/peers/.venvs (a few GB, first time ~5 min); the runs take ~15 min on 2 cores.
+peers: setup
+	bash benchmarks/peers/setup.sh
+	.venv/bin/python benchmarks/peers/run.py
