@@ -223,12 +223,22 @@ def bench(
     set_: Annotated[list[str], typer.Option("--set", help="override a key in every run (repeatable)")] = [],
     target: Annotated[Optional[float], typer.Option("--target", help="evaluation accuracy whose time-to-reach is reported")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace runs already in --out")] = False,
+    strategies: Annotated[list[str], typer.Option("--strategies", help="strategies to compare, each at every count: names "
+                                                  "separated by commas (a sync strategy, a compression or fsdp/tp/pp), or one "
+                                                  "bundle LABEL:key=value;key=value ({nproc} = the run's count); repeatable")] = [],
 ) -> None:
-    """Scaling study: the job at each process count; speed-up, scaling efficiency, time to a target accuracy, and a report."""
+    """Scaling study: the job at each process count (and strategy); speed-up, scaling efficiency, time to a target accuracy, and a report."""
     from shoal.job.bench import bench_command
 
-    for line in bench_command(job, [int(n) for n in nproc.split(",") if n.strip()], out, list(set_), target, overwrite):
+    for line in bench_command(job, _counts(nproc), out, list(set_), target, overwrite, list(strategies)):
         typer.echo(line)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ShoalError(f"bench --nproc '{text}': give process counts separated by commas, such as 1,2,4") from None
 
 
 def main(argv: list[str] | None = None) -> None:
