@@ -23,6 +23,7 @@ bench: setup
 	.venv/bin/python benchmarks/bench_balance.py
 	.venv/bin/python benchmarks/bench_param_server.py
 	.venv/bin/python benchmarks/bench_steptime.py
+	.venv/bin/python benchmarks/bench_data.py
 	.venv/bin/python benchmarks/bench_prep.py
 	.venv/bin/python benchmarks/bench_infer.py
 	.venv/bin/python benchmarks/bench_serve.py

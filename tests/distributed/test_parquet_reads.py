@@ -25,8 +25,10 @@ STREAM_STEPS = "[train]\nglobal_batch_size = 32\nsteps = 14\nlog_every = 1\n[che
 
 
 def one_process(job_file) -> dict[str, torch.Tensor]:
-    """The job in this process (a world of one), built as `shoal train` workers build it."""
+    """The job in this process (a world of one), built as `shoal train` workers build it, but with no prefetch thread:
+    the 2-process runs read ahead in the background (data.prefetch = auto), and must not differ for it."""
     cfg = load_job(job_file)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prefetch": "off"})})
     splits = load(cfg.data.model_copy(update={"read": cfg.data_read()}), cfg.seed)
     model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
     try:

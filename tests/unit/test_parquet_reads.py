@@ -13,6 +13,7 @@ from shoal.config import DataConfig, validate
 from shoal.data import fetch, load
 from shoal.data.parquet_rows import RankRows
 from shoal.data.plan import BatchPlan, StreamPlan, rank_epoch
+from shoal.data.prefetch import wanted
 from shoal.data.stream import StreamPosition
 from shoal.errors import ShoalError
 
@@ -134,3 +135,8 @@ def test_auto_reads_per_rank_where_the_plan_is_known_in_advance(shards):
     assert validate({"data": path, "parallel": {"balance": "speed"}}).data_read() == "all"
     assert validate({"data": path, "sync": "federated", "federated": {"split": "label_skew"}}).data_read() == "all"
     assert validate({"data": {"name": "digits"}}).data_read() == "all"
+
+
+def test_parquet_read_per_rank_or_streamed_is_fetched_ahead(shards):
+    for read in ("rank", "stream"):
+        assert wanted("auto", load(data(shards, read), 5).train)
