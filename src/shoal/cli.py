@@ -53,10 +53,34 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its newest complete checkpoint (any world size or layout)")] = False,
 ) -> None:
     """Train a job: spawns the workers here (one machine or one node of many), or runs as one worker under torchrun."""
+    _warm_workers(job, nproc, set_, nnodes, max_restarts)
     from shoal.job.command import train_command
     from shoal.launch.nodes import node_spec
 
     train_command(job, nproc, out, list(set_), overwrite, node_spec(nnodes, node_rank, rdzv), max_restarts, resume)
+
+
+def _warm_workers(job: Path, nproc: int | None, overrides: list[str], nnodes: str | None, max_restarts: int) -> None:
+    """Start the workers' fork server before the heavy imports and checks, so its own imports overlap them. A guess
+    from the job file: a wrong one costs some start-up time, nothing else (the launch starts the server anyway)."""
+    import os
+    import tomllib
+
+    if "RANK" in os.environ:  # under torchrun this process is a worker
+        return
+    count = nproc
+    for item in overrides:
+        if item.replace(" ", "").startswith("nproc="):
+            count = int(item.split("=", 1)[1]) if item.split("=", 1)[1].strip().isdigit() else count
+    if count is None:
+        try:
+            count = tomllib.loads(job.read_text()).get("nproc", 1)
+        except (OSError, ValueError):
+            return  # the real check reports the file
+    if (isinstance(count, int) and count > 1) or nnodes or max_restarts:
+        from shoal.launch.forkserver import warm
+
+        warm(["shoal.job.worker", "torchmetrics"])
 
 
 @app.command()

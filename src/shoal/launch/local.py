@@ -13,6 +13,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from shoal.distributed.env import free_port
+from shoal.launch import forkserver
 from shoal.launch.nodes import NodeSpec, interface_of, route_address
 from shoal.launch.restarts import reporting_restarts
 
@@ -33,7 +34,7 @@ def launch_local(entry: Callable[..., Any], args: tuple, nproc: int, max_restart
         rdzv_configs={"timeout": 120},
         max_restarts=max_restarts,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=forkserver.method(),  # workers forked from a server that imported torch once
     )
     return _run(config, entry, args)
 
@@ -64,7 +65,7 @@ def launch_nodes(entry: Callable[..., Any], args: tuple, nproc: int, nodes: Node
                       "keep_alive_interval": 1, "keep_alive_max_attempt": 3},
         max_restarts=max_restarts,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=forkserver.method(),  # workers forked from a server that imported torch once
         local_addr=local_addr,
     )
     return _run(config, entry, args)
@@ -80,7 +81,8 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
         log.setLevel(logging.CRITICAL)
     try:
         with reporting_restarts():  # a restart: one line naming the rank, the cause and restart k of n
-            return elastic_launch(config, entry)(*args)
+            forkserver.warm([entry.__module__])  # a no-op when `shoal train` started it already
+            return elastic_launch(config, forkserver.with_env)(dict(os.environ), entry, *args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {_root_cause(failure)}") from None
