@@ -20,7 +20,7 @@ def main() -> None:
     model, opt = acc.prepare(model, opt)
     work.tune()
     losses = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
     for step in range(work.steps):
         x, y = work.batch(step)
         loss = loss_of(model, x, y)
@@ -29,7 +29,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     acc.wait_for_everyone()
-    record(out, work, losses, time.perf_counter() - start, acc.unwrap_model(model))
+    record(out, work, losses, time.perf_counter() - start, acc.unwrap_model(model), cpu_s=time.process_time() - cpu0)
 
 
 if __name__ == "__main__":

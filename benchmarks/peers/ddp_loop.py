@@ -19,7 +19,7 @@ def main() -> None:
     opt = work.optimizer(model.parameters())
     work.tune()
     losses = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
     for step in range(work.steps):
         x, y = work.batch(step)
         loss = loss_of(model, x, y)
@@ -28,7 +28,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     dist.barrier()
-    record(out, work, losses, time.perf_counter() - start, model.module)
+    record(out, work, losses, time.perf_counter() - start, model.module, cpu_s=time.process_time() - cpu0)
     # no destroy_process_group(): on gloo it can wait for a peer that already exited
 
 

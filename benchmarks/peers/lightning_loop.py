@@ -45,7 +45,7 @@ class Net(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.work.tune()
-        self.start = time.perf_counter()
+        self.start, self.cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
 
     def training_step(self, batch, index):
         x, y = batch
@@ -55,7 +55,7 @@ class Net(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.trainer.strategy.barrier()
-        record(self.out, self.work, self.losses, time.perf_counter() - self.start, self.net)
+        record(self.out, self.work, self.losses, time.perf_counter() - self.start, self.net, cpu_s=time.process_time() - self.cpu0)
 
 
 def main() -> None:

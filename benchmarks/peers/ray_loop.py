@@ -28,7 +28,7 @@ def loop(cfg: dict) -> None:
     opt = work.optimizer(model.parameters())
     work.tune()
     losses = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
     for step in range(work.steps):
         x, y = work.batch(step)
         loss = loss_of(model, x, y)
@@ -39,7 +39,7 @@ def loop(cfg: dict) -> None:
     import torch.distributed as dist
 
     dist.barrier()
-    record(cfg["out"], work, losses, time.perf_counter() - start, getattr(model, "module", model))
+    record(cfg["out"], work, losses, time.perf_counter() - start, getattr(model, "module", model), cpu_s=time.process_time() - cpu0)
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ batch indices, optimizer, threads, seed) and each peer trains exactly that.
    training time each side measures from its first step to after its last (Shoal: its records);
    wall time is from the launch command to its exit, start-up, evaluation and saving included.
    Ratios are Shoal / peer per round (against the run of the same round), reported as medians.
+   On a loaded machine wall clocks measure the load as much as the system, so each run also
+   reports CPU seconds: per training step (each rank's process_time over its loop; Shoal's
+   rank_busy_s records), and of the whole run with start-up (getrusage of the finished
+   process tree: launcher and workers; Ray's daemons may escape it).
 
 python benchmarks/peers/run.py [--steps 300] [--rounds 3] [--peers ddp,accelerate,...]
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,42 +51,58 @@ ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DS_ACCELERATOR": "cpu", "DS_BU
        "RAY_DEDUP_LOGS": "0", "PYTHONWARNINGS": "ignore"}
 
 
+def children_cpu() -> float:
+    """CPU seconds of every finished child process tree (launcher, workers), user + system."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_peer(name: str, work: Path, out: Path, timeout: float) -> dict:
     how, script = PEERS[name]
     python = VENVS / name / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"peers: no environment for {name} in {VENVS / name}; run benchmarks/peers/setup.sh (make peers)")
     cmd = [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if how == "torchrun" else [str(python)]
-    t0 = time.time()
+    t0, cpu0 = time.time(), children_cpu()
     proc = subprocess.run([*cmd, str(HERE / script), str(work), str(out)], cwd=HERE, env={**os.environ, **ENV},
                           capture_output=True, text=True, timeout=timeout)
-    wall = time.time() - t0
+    wall, run_cpu = time.time() - t0, children_cpu() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"peers: {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
     steps = len(ranks[0]["losses"])
     losses = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
     train_s = max(r["train_s"] for r in ranks)
+    cpu_step = statistics.mean(r["cpu_s"] for r in ranks) / steps if all("cpu_s" in r for r in ranks) else float("nan")
     return {"losses": losses, "train_s": train_s, "steps": steps, "wall_s": wall, "accuracy": ranks[0].get("accuracy"),
-            "startup_s": min(r["t_import"] for r in ranks) - t0}
+            "startup_s": min(r["t_import"] for r in ranks) - t0, "cpu_per_step_s": cpu_step, "run_cpu_s": run_cpu}
+
+
+def shoal_python() -> str:
+    """Shoal as `pip install shoal` makes it (setup.sh), else the interpreter running this script."""
+    plain = VENVS / "shoal" / "bin" / "python"
+    return str(plain) if (VENVS / "shoal" / ".done").exists() else sys.executable
 
 
 def run_shoal(overrides: list[str], batch: int, out: Path, timeout: float) -> dict:
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "shoal", "train", str(JOB), "--nproc", "2", "--out", str(out), "--overwrite",
+    t0, cpu0 = time.time(), children_cpu()
+    proc = subprocess.run([shoal_python(), "-m", "shoal", "train", str(JOB), "--nproc", "2", "--out", str(out), "--overwrite",
                            *(a for o in overrides for a in ("--set", o))], capture_output=True, text=True, timeout=timeout)
-    wall = time.time() - t0
+    wall, run_cpu = time.time() - t0, children_cpu() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"peers: shoal train failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    prev, seconds, losses = 0, 0.0, []
-    for r in train:  # each record covers the steps since the previous one, at its measured rate
+    prev, seconds, cpu, losses = 0, 0.0, 0.0, []
+    for r in train:  # each record covers the steps since the previous one, at its measured rate and CPU seconds per step
         seconds += (r["step"] - prev) * batch / r["samples_per_s"]
+        busy = r.get("rank_busy_s_per_rank") or [r.get("rank_busy_s", float("nan"))]
+        cpu += (r["step"] - prev) * statistics.mean(busy)
         losses.append(r["loss"])
         prev = r["step"]
-    return {"losses": losses, "train_s": seconds, "steps": prev, "wall_s": wall, "accuracy": evals[-1]["accuracy"] if evals else None}
+    return {"losses": losses, "train_s": seconds, "steps": prev, "wall_s": wall, "accuracy": evals[-1]["accuracy"] if evals else None,
+            "cpu_per_step_s": cpu / prev, "run_cpu_s": run_cpu}
 
 
 def check_equal(peers: list[str], steps: int, tolerance: float, tmp: Path, timeout: float) -> dict:
@@ -117,6 +138,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
     load = [os.getloadavg()[0]]
+    print(f"shoal: {shoal_python()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="shoal-peers-") as d:
         tmp = Path(d)
         equal = check_equal(peers, a.check_steps, a.tolerance, tmp, a.timeout)
@@ -140,17 +162,25 @@ def main() -> None:
 
 
 def report(a, peers: list[str], runs: dict, equal: dict, load: list[float]) -> None:
+    """Medians per system, and Shoal/peer ratios per round (each Shoal run against the same round's peer run), medians."""
     med = lambda s, k: statistics.median(r[k] for r in runs[s])  # noqa: E731
+    ratio = lambda s, f: statistics.median(f(x, y) for x, y in zip(runs["shoal"], runs[s]))  # noqa: E731
     rows = []
     print(f"\nMNIST CNN, 2 processes, {a.steps} steps x 128 samples, {a.rounds} interleaved rounds (medians); load {min(load):.1f}-{max(load):.1f}")
-    print("| system | train samples/s | wall s | Shoal/peer throughput (median of rounds) | Shoal/peer wall | max abs loss diff vs Shoal |")
-    print("|---|---|---|---|---|---|")
-    print(f"| Shoal (`shoal train`) | {med('shoal', 'samples_per_s'):,.0f} | {med('shoal', 'wall_s'):.1f} | | | |")
+    print("| system | train samples/s | wall s | train CPU ms/step | run CPU s | throughput Shoal/peer | CPU per step peer/Shoal "
+          "| wall Shoal/peer | run CPU Shoal/peer | max abs loss diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| Shoal (`shoal train`) | {med('shoal', 'samples_per_s'):,.0f} | {med('shoal', 'wall_s'):.1f} | "
+          f"{1000 * med('shoal', 'cpu_per_step_s'):.1f} | {med('shoal', 'run_cpu_s'):.1f} | | | | | |")
     for s in peers:
-        thr = statistics.median(x["samples_per_s"] / y["samples_per_s"] for x, y in zip(runs["shoal"], runs[s]))
-        wall = statistics.median(x["wall_s"] / y["wall_s"] for x, y in zip(runs["shoal"], runs[s]))
-        rows.append({"peer": s, "throughput_ratio": thr, "wall_ratio": wall})
-        print(f"| {LABEL[s]} | {med(s, 'samples_per_s'):,.0f} | {med(s, 'wall_s'):.1f} | {thr:.3f} | {wall:.3f} | {equal[s]['max_abs_diff']:.1e} |")
+        row = {"peer": s, "throughput_ratio": ratio(s, lambda x, y: x["samples_per_s"] / y["samples_per_s"]),
+               "cpu_per_step_ratio": ratio(s, lambda x, y: y["cpu_per_step_s"] / x["cpu_per_step_s"]),
+               "wall_ratio": ratio(s, lambda x, y: x["wall_s"] / y["wall_s"]),
+               "run_cpu_ratio": ratio(s, lambda x, y: x["run_cpu_s"] / y["run_cpu_s"])}
+        rows.append(row)
+        print(f"| {LABEL[s]} | {med(s, 'samples_per_s'):,.0f} | {med(s, 'wall_s'):.1f} | {1000 * med(s, 'cpu_per_step_s'):.1f} | "
+              f"{med(s, 'run_cpu_s'):.1f} | {row['throughput_ratio']:.3f} | {row['cpu_per_step_ratio']:.3f} | {row['wall_ratio']:.3f} | "
+              f"{row['run_cpu_ratio']:.3f} | {equal[s]['max_abs_diff']:.1e} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit(), "steps": a.steps, "rounds": a.rounds,
                                  "load": load, "equal": equal, "ratios": rows, "runs": runs}, indent=1) + "\n")
