@@ -6,7 +6,9 @@ row: the baseline), rank (each rank holds the rows it uses) and stream (blocks o
 Per rank: the bytes its data sets held at most (the run's "data" record; for `all`, the
 training and evaluation tensors every rank builds), and the peak RSS of the process (the memory
 monitor) less the peak RSS of the same job and mode on a 2,048-row copy of the data (the runtime,
-model, batches and libraries such as pandas, which `all` imports: what is not the data set). Ratios are against `all` at the same process count.
+model, batches and libraries such as pandas, which `all` imports: what is not the data set), up to
+the last training step (evaluation, on the last 10% of rows, comes after it; its rows count in
+the bytes held). Ratios are against `all` at the same process count.
 
 Data wait: the mean `data_wait_s` of the training records (the first window, start-up, left
 out) with `data.prefetch` = off (the baseline: the batch is read when the step asks for it) and
@@ -53,7 +55,7 @@ def write_parquet(out: Path, rows: int) -> Path:
 def parquet_job(path: Path, steps: int) -> str:
     return (f'name = "bench-data"\n[model]\nname = "mlp"\nhidden = [64]\n[data]\nname = "parquet"\npath = "{path}"\n'
             f'eval_fraction = 0.1\nstream_block_rows = 32768\n[optimizer]\nlr = 0.05\n[train]\nglobal_batch_size = 256\n'
-            f'steps = {steps}\nlog_every = 10\n[checkpoint]\nat_end = false\n[log]\nmonitors = ["memory"]\n')
+            f'steps = {steps}\nlog_every = 10\neval_every = 100000\n[checkpoint]\nat_end = false\n[log]\nmonitors = ["memory"]\n')
 
 
 def train(job: Path, out: Path, nproc: int, *sets: str) -> list[dict]:
