@@ -62,12 +62,13 @@ class StreamRows(Dataset):
         y = np.empty(len(idx), dtype=np.int64)
         with self.lock:
             blocks = idx // self.block
-            for b in np.unique(blocks):
+            needed = [int(b) for b in np.unique(blocks)]
+            for old in [b for b in self.cache if b not in needed][: max(len(self.cache) + len(needed) - CACHED_BLOCKS, 0)]:
+                del self.cache[old]  # before reading: never more than two blocks (or the ones this call needs) at once
+            for b in needed:
                 at = blocks == b
-                bx, by = self._block(int(b))
+                bx, by = self._block(b)
                 x[at], y[at] = bx[idx[at] - b * self.block], by[idx[at] - b * self.block]
-            while len(self.cache) > CACHED_BLOCKS:
-                self.cache.popitem(last=False)
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
