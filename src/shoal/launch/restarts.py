@@ -32,6 +32,16 @@ def describe(failure) -> str:
     return f"exit code {failure.exitcode}"
 
 
+def root_failure(failures: dict) -> tuple:
+    """The failure that caused the others: a rank killed by a signal before one whose collective lost it (both can be
+    in one monitoring pass), then the earliest, then the lowest rank."""
+    def order(item):
+        rank, failure = item
+        return (not (failure.exitcode is not None and failure.exitcode < 0), failure.timestamp, rank)
+
+    return min(failures.items(), key=order)
+
+
 class ReportingAgent(LocalElasticAgent):
     """LocalElasticAgent that says, in one line, why it is about to restart the workers."""
 
@@ -40,7 +50,7 @@ class ReportingAgent(LocalElasticAgent):
         if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
             spec = worker_group.spec
             done = spec.max_restarts - self._remaining_restarts + 1
-            rank, failure = min(result.failures.items()) if result.failures else (None, None)
+            rank, failure = root_failure(result.failures) if result.failures else (None, None)
             who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
             why = describe(failure) if failure is not None else "unhealthy"
             print(f"{who} failed ({why}); restarting the workers, restart {done} of {spec.max_restarts}: they resume from "
