@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runs import records, shoal_train, weights
+from runs import records, shoal_train, train_here, weights
 
 pytestmark = pytest.mark.dist
 
@@ -50,8 +50,7 @@ def reference(job) -> dict[str, Path]:
     """Uninterrupted runs, one per layout."""
     runs = {}
     for layout, sets in {"dp": [], "fsdp": ["--set", "parallel.fsdp=2"]}.items():
-        runs[layout] = job.parent / f"ref-{layout}"
-        shoal_train(job, runs[layout], "--nproc", "2", *sets)
+        runs[layout] = train_here(job, job.parent / f"ref-{layout}", 2, *sets[1:])
     return runs
 
 
@@ -83,7 +82,7 @@ def test_resume_on_another_world_size_and_export(job, tmp_path):
     dropout (whose masks depend on the world size) the result agrees with an uninterrupted run to 1e-5."""
     no_dropout = ["--set", "model.dropout=0.0"]
     whole, out = tmp_path / "whole", tmp_path / "run"
-    shoal_train(job, whole, "--nproc", "1", *no_dropout)
+    train_here(job, whole, 1, no_dropout[1])
     shoal_train(job, out, "--nproc", "2", "--set", "train.steps=10", *no_dropout)
     shoal_train(job, out, "--nproc", "1", "--resume", *no_dropout)
     resumed = records(out, "resume")[0]
