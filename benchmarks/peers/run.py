@@ -13,9 +13,9 @@ batch indices, optimizer, threads, seed) and each peer trains exactly that.
    wall time is from the launch command to its exit, start-up, evaluation and saving included.
    Ratios are Shoal / peer per round (against the run of the same round), reported as medians.
    On a loaded machine wall clocks measure the load as much as the system, so each run also
-   reports CPU seconds: per training step (each rank's process_time over its loop; Shoal's
-   rank_busy_s records), and of the whole run with start-up (getrusage of the finished
-   process tree: launcher and workers; Ray's daemons may escape it).
+   reports CPU seconds per training step (each rank's process_time over its loop, every thread;
+   Shoal's rank_busy_s records). Not the whole run's CPU: getrusage misses processes nobody
+   reaps (Shoal's forkserver, Ray's daemons), so it cannot compare start-up.
 
 python benchmarks/peers/run.py [--steps 300] [--rounds 3] [--peers ddp,accelerate,...]
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,22 +50,16 @@ ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DS_ACCELERATOR": "cpu", "DS_BU
        "RAY_DEDUP_LOGS": "0", "PYTHONWARNINGS": "ignore"}
 
 
-def children_cpu() -> float:
-    """CPU seconds of every finished child process tree (launcher, workers), user + system."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def run_peer(name: str, work: Path, out: Path, timeout: float) -> dict:
     how, script = PEERS[name]
     python = VENVS / name / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"peers: no environment for {name} in {VENVS / name}; run benchmarks/peers/setup.sh (make peers)")
     cmd = [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if how == "torchrun" else [str(python)]
-    t0, cpu0 = time.time(), children_cpu()
+    t0 = time.time()
     proc = subprocess.run([*cmd, str(HERE / script), str(work), str(out)], cwd=HERE, env={**os.environ, **ENV},
                           capture_output=True, text=True, timeout=timeout)
-    wall, run_cpu = time.time() - t0, children_cpu() - cpu0
+    wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"peers: {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
@@ -75,7 +68,7 @@ def run_peer(name: str, work: Path, out: Path, timeout: float) -> dict:
     train_s = max(r["train_s"] for r in ranks)
     cpu_step = statistics.mean(r["cpu_s"] for r in ranks) / steps if all("cpu_s" in r for r in ranks) else float("nan")
     return {"losses": losses, "train_s": train_s, "steps": steps, "wall_s": wall, "accuracy": ranks[0].get("accuracy"),
-            "startup_s": min(r["t_import"] for r in ranks) - t0, "cpu_per_step_s": cpu_step, "run_cpu_s": run_cpu}
+            "startup_s": min(r["t_import"] for r in ranks) - t0, "cpu_per_step_s": cpu_step}
 
 
 def shoal_python() -> str:
@@ -85,10 +78,10 @@ def shoal_python() -> str:
 
 
 def run_shoal(overrides: list[str], batch: int, out: Path, timeout: float) -> dict:
-    t0, cpu0 = time.time(), children_cpu()
+    t0 = time.time()
     proc = subprocess.run([shoal_python(), "-m", "shoal", "train", str(JOB), "--nproc", "2", "--out", str(out), "--overwrite",
                            *(a for o in overrides for a in ("--set", o))], capture_output=True, text=True, timeout=timeout)
-    wall, run_cpu = time.time() - t0, children_cpu() - cpu0
+    wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"peers: shoal train failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -102,7 +95,7 @@ def run_shoal(overrides: list[str], batch: int, out: Path, timeout: float) -> di
         losses.append(r["loss"])
         prev = r["step"]
     return {"losses": losses, "train_s": seconds, "steps": prev, "wall_s": wall, "accuracy": evals[-1]["accuracy"] if evals else None,
-            "cpu_per_step_s": cpu / prev, "run_cpu_s": run_cpu}
+            "cpu_per_step_s": cpu / prev}
 
 
 def check_equal(peers: list[str], steps: int, tolerance: float, tmp: Path, timeout: float) -> dict:
@@ -167,20 +160,18 @@ def report(a, peers: list[str], runs: dict, equal: dict, load: list[float]) -> N
     ratio = lambda s, f: statistics.median(f(x, y) for x, y in zip(runs["shoal"], runs[s]))  # noqa: E731
     rows = []
     print(f"\nMNIST CNN, 2 processes, {a.steps} steps x 128 samples, {a.rounds} interleaved rounds (medians); load {min(load):.1f}-{max(load):.1f}")
-    print("| system | train samples/s | wall s | train CPU ms/step | run CPU s | throughput Shoal/peer | CPU per step peer/Shoal "
-          "| wall Shoal/peer | run CPU Shoal/peer | max abs loss diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| system | train samples/s | wall s | train CPU ms/step | throughput Shoal/peer | CPU per step peer/Shoal "
+          "| wall Shoal/peer | max abs loss diff |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| Shoal (`shoal train`) | {med('shoal', 'samples_per_s'):,.0f} | {med('shoal', 'wall_s'):.1f} | "
-          f"{1000 * med('shoal', 'cpu_per_step_s'):.1f} | {med('shoal', 'run_cpu_s'):.1f} | | | | | |")
+          f"{1000 * med('shoal', 'cpu_per_step_s'):.1f} | | | | |")
     for s in peers:
         row = {"peer": s, "throughput_ratio": ratio(s, lambda x, y: x["samples_per_s"] / y["samples_per_s"]),
                "cpu_per_step_ratio": ratio(s, lambda x, y: y["cpu_per_step_s"] / x["cpu_per_step_s"]),
-               "wall_ratio": ratio(s, lambda x, y: x["wall_s"] / y["wall_s"]),
-               "run_cpu_ratio": ratio(s, lambda x, y: x["run_cpu_s"] / y["run_cpu_s"])}
+               "wall_ratio": ratio(s, lambda x, y: x["wall_s"] / y["wall_s"])}
         rows.append(row)
         print(f"| {LABEL[s]} | {med(s, 'samples_per_s'):,.0f} | {med(s, 'wall_s'):.1f} | {1000 * med(s, 'cpu_per_step_s'):.1f} | "
-              f"{med(s, 'run_cpu_s'):.1f} | {row['throughput_ratio']:.3f} | {row['cpu_per_step_ratio']:.3f} | {row['wall_ratio']:.3f} | "
-              f"{row['run_cpu_ratio']:.3f} | {equal[s]['max_abs_diff']:.1e} |")
+              f"{row['throughput_ratio']:.3f} | {row['cpu_per_step_ratio']:.3f} | {row['wall_ratio']:.3f} | {equal[s]['max_abs_diff']:.1e} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit(), "steps": a.steps, "rounds": a.rounds,
                                  "load": load, "equal": equal, "ratios": rows, "runs": runs}, indent=1) + "\n")
