@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runs import train_here
+
 pytestmark = pytest.mark.dist
 
 JOB = """
@@ -51,7 +53,7 @@ def fsdp4_run(tmp_path_factory) -> tuple[Path, Path]:
     job = tmp / "job.toml"
     job.write_text(JOB)
     run = tmp / "fsdp4"
-    train(job, run, 4, "--set", "parallel.fsdp=4")
+    train_here(job, run, 4, "parallel.fsdp=4")  # the uninterrupted run, trained in-process
     return job, run
 
 
