@@ -47,6 +47,17 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     return best
 
 
+_PEAKS: dict[tuple[str, torch.dtype], float] = {}
+
+
+def _peak_of(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's measured peak, once per process (every fit of a process that trains several models reuses it)."""
+    key = (str(device), dtype)
+    if key not in _PEAKS:
+        _PEAKS[key] = measured_peak_flops(device, dtype)
+    return _PEAKS[key]
+
+
 def _tp_size(layout) -> int:
     dims = getattr(layout, "dims", None)
     return int(getattr(dims, "tp", 1) or 1)
@@ -59,7 +70,7 @@ class ModelFlops(Monitor):
         params = list(ctx.layout.parameters())
         sample = params[0] if params else torch.zeros(1)
         local = sample.to_local() if hasattr(sample, "to_local") else sample
-        self.peak = measured_peak_flops(local.device, torch.float32 if not local.is_floating_point() else local.dtype)
+        self.peak = _peak_of(local.device, torch.float32 if not local.is_floating_point() else local.dtype)
         self.flops: float | None = None
         self.counter: FlopCounterMode | None = None
         self.step = 0
