@@ -81,7 +81,7 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
         log.setLevel(logging.CRITICAL)
     try:
         with reporting_restarts():  # a restart: one line naming the rank, the cause and restart k of n
-            forkserver.warm([entry.__module__])  # a no-op when `shoal train` started it already
+            forkserver.warm([entry.__module__, "torchmetrics"])  # a no-op when `shoal train` started it already
             return elastic_launch(config, forkserver.with_env)(dict(os.environ), entry, *args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
