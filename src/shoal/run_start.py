@@ -56,15 +56,15 @@ def start_run(cfg, env, out, overwrite: bool, resume: bool, restarted: bool, run
     out, run_dir, decided = Path(out), None, None
     if env.is_main:
         try:
-            run_dir = _claim(cfg, out, overwrite, resume, restarted, run_id, origin)
-            decided = (run_dir.run_id, read_run_info(out).get("run_id") if resume else run_dir.run_id, None)
+            run_dir, restarted = _claim(cfg, out, overwrite, resume, restarted, run_id, origin)
+            decided = (run_dir.run_id, read_run_info(out).get("run_id") if resume else run_dir.run_id, None, restarted)
         except ShoalError as err:
-            decided = (None, None, str(err))
+            decided = (None, None, str(err), restarted)
     if env.world_size > 1:
         shared = [decided]
         dist.broadcast_object_list(shared, src=0)
         decided = shared[0]
-    run_id, wanted, error = decided
+    run_id, wanted, error, restarted = decided
     if error is not None:
         raise ShoalError(error)
     try:
@@ -76,8 +76,10 @@ def start_run(cfg, env, out, overwrite: bool, resume: bool, restarted: bool, run
     return RunStart(run_dir, checkpoints, resume_from)
 
 
-def _claim(cfg, out: Path, overwrite: bool, resume: bool, restarted: bool, run_id: str | None, origin) -> RunDir:
-    """Rank 0: lock the directory (unless the launcher holds it), settle the run id, check a resume against the run."""
+def _claim(cfg, out: Path, overwrite: bool, resume: bool, restarted: bool, run_id: str | None, origin) -> tuple[RunDir, bool]:
+    """Rank 0: lock the directory (unless the launcher holds it), settle the run id, check a resume against the run.
+    Also says whether this start continues the run: a restart, or an earlier rendezvous round of this same job wrote
+    the directory (a node joined or came back: torch restarts every worker then, counting no restart)."""
     launcher = held_by_launcher(out)
     lock = None if launcher else acquire(out)
     try:
@@ -89,6 +91,8 @@ def _claim(cfg, out: Path, overwrite: bool, resume: bool, restarted: bool, run_i
             run_id = _previous_attempt(lock) or read_run_info(out).get("run_id")
         if resume:
             check_same_model(out, cfg.model.model_dump(mode="json"), cfg.optimizer.name, origin)
+        elif launcher and run_id is not None and read_run_info(out).get("run_id") == run_id:
+            restarted = True
         run_dir = RunDir(out, overwrite, continuing=resume or restarted, run_id=run_id, origin=origin, lock=lock)
     except BaseException:
         if lock is not None:
@@ -96,7 +100,7 @@ def _claim(cfg, out: Path, overwrite: bool, resume: bool, restarted: bool, run_i
         raise
     if lock is not None:
         lock.record(run_dir.run_id)
-    return run_dir
+    return run_dir, restarted
 
 
 def _previous_attempt(lock: RunLock | None) -> str | None:

@@ -6,6 +6,8 @@
 - SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP.
 - SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
   seconds per step in those ranks, like a slower core.
+- SHOAL_TEST_PACE_S="0.1" makes every rank sleep that long before each step: wall time without CPU, so the
+  long fault tests (link cuts between machines) pace their steps without loading a small machine.
 - SHOAL_TEST_SLOW_FACTOR="1:2.0" (or "1:2.0,3:1.5") gives every rank a simulated device for the batch-balance
   tests and benchmark: each burns SHOAL_TEST_SAMPLE_S (default 0.001) CPU seconds per sample it processes in a
   step, times FACTOR on the ranks named (1 elsewhere), so rank 1 takes 2x as long per sample.
@@ -85,6 +87,14 @@ def slow_step(rank: int) -> Hook:
             pass
 
     return burn
+
+
+def pace_step(rank: int) -> Hook:
+    """Called before every step: sleep SHOAL_TEST_PACE_S seconds (every rank alike)."""
+    seconds = float(os.environ.get("SHOAL_TEST_PACE_S", "0") or 0)
+    if seconds <= 0:
+        return None
+    return lambda step: time.sleep(seconds)
 
 
 def slow_samples(rank: int) -> Callable[[int], None] | None:

@@ -8,6 +8,9 @@
   median of the others; above `straggler_threshold` x that (and `straggler_min_s` more: steps of
   a few milliseconds jitter by more than any ratio) for `straggler_windows` windows in a row, the
   rank is named in metrics.jsonl and the log.
+- Stalls: a step that takes over STALL_MIN_S seconds and STALL_FACTOR x the median of the steps
+  before it, and then completes, stalled (a network cut shorter than `dist.timeout_s`, a paused
+  peer): one line and a `stall` record say so, since nothing failed and nothing else would.
 - Hangs: a collective that times out (after `dist.timeout_s`, the process-group timeout)
   raises CollectiveTimeout naming the ranks that did not arrive (fewer collectives issued than
   this rank, or no heartbeat for a while) with their host, pid and last step.
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -33,6 +37,9 @@ from shoal.config import JobConfig
 from shoal.distributed import fault_injection
 from shoal.distributed.collectives import TrainingGroup
 from shoal.distributed.env import DistEnv
+
+STALL_MIN_S = 5.0  # a step this long, and
+STALL_FACTOR = 20.0  # this many times the usual one, stalled; eval and checkpoints lie outside the step
 
 
 class CollectiveTimeout(RuntimeError):
@@ -69,6 +76,8 @@ class Health:
         self.hosts = [self.host] * self.group.size
         self.slow_hook = fault_injection.slow_step(env.rank)  # None outside the fault tests
         self.hang_hook = fault_injection.hang_after_step(env.rank)
+        self.pace_hook = fault_injection.pace_step(env.rank)
+        self.recent_s: collections.deque[float] = collections.deque(maxlen=32)  # wall seconds of the last steps
         self.store = None
         if self.active:
             self.hosts = self.group.gather_object(self.host)
@@ -101,7 +110,9 @@ class Health:
     @contextlib.contextmanager
     def step(self, number: int):
         """Times the step's busy (CPU) seconds; a failed collective inside it becomes a CollectiveTimeout naming the absent."""
-        busy0 = time.process_time()
+        if self.pace_hook is not None:
+            self.pace_hook(number)
+        busy0, wall0 = time.process_time(), time.perf_counter()
         try:
             yield
             if self.slow_hook is not None:
@@ -115,6 +126,8 @@ class Health:
                 self.hang_hook(number)
             if number % self.log_every == 0 and self.active:
                 self._compare_busy(number)
+            if self.active:
+                self._note_stall(number, time.perf_counter() - wall0)
         except RuntimeError as err:
             if not self.active or isinstance(err, CollectiveTimeout) or not _is_communication_error(err):
                 raise  # a bug in the model or data keeps its own traceback
@@ -138,6 +151,18 @@ class Health:
         if self.env.is_main:
             print(f"straggler: rank {rank} on {self.hosts[i]} is busy {step_s * 1e3:.1f} ms per step, the others "
                   f"{median_s * 1e3:.1f} ms (median) over the last {self.slow_windows[i]} log windows", file=sys.stderr, flush=True)
+
+    # stalls
+    def _note_stall(self, step: int, wall_s: float) -> None:
+        usual = float(np.median(self.recent_s)) if len(self.recent_s) >= 3 else None
+        if usual is not None and wall_s > STALL_MIN_S and wall_s > STALL_FACTOR * usual:
+            self.log({"kind": "stall", "step": step, "stall_s": wall_s, "usual_s": usual})
+            if self.env.is_main:
+                print(f"stall: step {step} took {wall_s:.1f} s, the usual {usual * 1e3:.0f} ms: the job stalled (a network cut "
+                      f"or a paused rank, shorter than dist.timeout_s = {self.timeout_s:g}) and went on without a restart",
+                      file=sys.stderr, flush=True)
+            return
+        self.recent_s.append(wall_s)
 
     # hangs
     def explain(self, step: int, err: BaseException) -> str:

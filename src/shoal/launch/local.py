@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from torch.distributed import DistError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from shoal.distributed.env import free_port
@@ -20,6 +22,10 @@ from shoal.launch.restarts import reporting_restarts
 
 class WorkerFailed(RuntimeError):
     """A worker died; the message carries its rank and the root cause."""
+
+
+class NodeLost(WorkerFailed):
+    """This node's agent cannot reach the job's rendezvous any more (a long network cut): the others go on without it."""
 
 
 def launch_local(entry: Callable[..., Any], args: tuple, nproc: int, max_restarts: int = 0) -> dict[int, Any]:
@@ -60,9 +66,10 @@ def launch_nodes(entry: Callable[..., Any], args: tuple, nproc: int, nodes: Node
         rdzv_endpoint=nodes.endpoint,
         # is_host: node rank 0 serves the store, which an address test cannot tell inside containers and namespaces;
         # last_call_timeout: how long a (re)started round waits for more nodes once MIN are there (default 30 s);
-        # keep-alive 1 s x 3: a dead node is dropped from the next round after ~3 s instead of 15 s
+        # keep-alive 1 s x 3: a dead node is dropped from the next round after ~3 s instead of 15 s;
+        # read_timeout 20 s (default 60): a node whose link came back finds a finished job's store gone in <= 20 s
         rdzv_configs={"timeout": 300, "is_host": nodes.is_host, "last_call_timeout": 2, "join_timeout": 300,
-                      "keep_alive_interval": 1, "keep_alive_max_attempt": 3},
+                      "keep_alive_interval": 1, "keep_alive_max_attempt": 3, "read_timeout": 20},
         max_restarts=max_restarts,
         monitor_interval=0.1,
         start_method=forkserver.method(),  # workers forked from a server that imported torch once
@@ -80,9 +87,15 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
     for log in quiet:
         log.setLevel(logging.CRITICAL)
     try:
-        with reporting_restarts():  # a restart: one line naming the rank, the cause and restart k of n
+        with reporting_restarts(across_nodes=config.max_nodes > 1):  # a restart: one line naming the rank, the cause and restart k of n
             forkserver.warm([entry.__module__, "torchmetrics"])  # a no-op when `shoal train` started it already
             return elastic_launch(config, forkserver.with_env)(dict(os.environ), entry, *args)
+    except (RendezvousError, DistError) as err:  # the agent's own connection to the store (node rank 0) gave out
+        if config.max_nodes == 1:
+            raise
+        raise NodeLost(f"this node ({socket.gethostname()}) lost the job: the rendezvous at {config.rdzv_endpoint} did not answer "
+                       f"({_first_line(err)}); the other nodes go on without it if they can; run the same command again "
+                       "to rejoin at the next rendezvous") from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {_root_cause(failure)}") from None
@@ -91,7 +104,13 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
             log.setLevel(level)
 
 
-_CHATTY = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
+_CHATTY = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn",
+           "torch.distributed.elastic.rendezvous.dynamic_rendezvous")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def _root_cause(failure) -> str:

@@ -1,4 +1,5 @@
-"""One Shoal line when the elastic agent restarts the workers: which rank failed, why, and restart k of n.
+"""One Shoal line when the elastic agent restarts the workers: which rank failed, why, and restart k of n;
+and, across machines, one line when a new rendezvous round changes who takes part (a node left, joined, came back).
 
 torchelastic's own report of a restart is a traceback per worker plus agent log lines (quieted by
 local.py). The agent keeps the failure (rank, exit code or signal, the worker's error message) in
@@ -9,6 +10,7 @@ a subclass that reads that result, for the duration of one launch.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import sys
@@ -25,11 +27,23 @@ def describe(failure) -> str:
         message = message.get("message", "")
     text = str(message or "").strip().splitlines()
     if text and not text[0].startswith("Signal ") and "To enable traceback" not in text[0]:
-        return text[0].removeprefix("WorkerFailure: ")
+        return re.sub(r"\[/[^\]]*\]\s*", "", text[0].removeprefix("WorkerFailure: "))  # gloo's source path
     if failure.exitcode is not None and failure.exitcode < 0:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-failure.exitcode).name}"
     return f"exit code {failure.exitcode}"
+
+
+def membership(before: tuple[int, int], after: tuple[int, int]) -> str:
+    """What a new rendezvous round did to the job, from (nodes, processes) before and after it."""
+    (nodes0, procs0), (nodes, procs) = before, after
+    now = f"{nodes} node{'s' if nodes != 1 else ''}, {procs} processes (were {nodes0}, {procs0})"
+    if nodes < nodes0:
+        return (f"the job goes on without {nodes0 - nodes} node{'s' if nodes0 - nodes != 1 else ''} that left or cannot be reached: "
+                f"{now}; a node started again joins at the next rendezvous")
+    if nodes > nodes0:
+        return f"{nodes - nodes0} node{'s' if nodes - nodes0 != 1 else ''} joined: the job goes on with {now}"
+    return f"all {nodes} nodes met again: the job goes on with {procs} processes"
 
 
 def root_failure(failures: dict) -> tuple:
@@ -43,7 +57,19 @@ def root_failure(failures: dict) -> tuple:
 
 
 class ReportingAgent(LocalElasticAgent):
-    """LocalElasticAgent that says, in one line, why it is about to restart the workers."""
+    """LocalElasticAgent that says, in one line, why it is about to restart the workers, and (several machines) who
+    takes part after each new rendezvous round."""
+
+    across_nodes = False  # set for one launch by reporting_restarts(); one machine's rounds never change membership
+    _met: tuple[int, int] | None = None
+
+    def _rendezvous(self, worker_group):
+        super()._rendezvous(worker_group)
+        met = (worker_group.group_world_size, worker_group.workers[0].world_size if worker_group.workers else 0)
+        if self.across_nodes and self._met is not None:
+            print(f"rendezvous: {membership(self._met, met)}; the workers resume from the newest checkpoint",
+                  file=sys.stderr, flush=True)
+        self._met = met
 
     def _monitor_workers(self, worker_group):
         result = super()._monitor_workers(worker_group)
@@ -59,10 +85,10 @@ class ReportingAgent(LocalElasticAgent):
 
 
 @contextlib.contextmanager
-def reporting_restarts():
+def reporting_restarts(across_nodes: bool = False):
     """While a launch runs, the launcher builds ReportingAgent instead of LocalElasticAgent."""
     original = launcher_api.LocalElasticAgent
-    launcher_api.LocalElasticAgent = ReportingAgent
+    launcher_api.LocalElasticAgent = type("ReportingAgent", (ReportingAgent,), {"across_nodes": across_nodes})
     try:
         yield
     finally:
