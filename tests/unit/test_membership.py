@@ -8,7 +8,7 @@ import collections
 from types import SimpleNamespace
 
 from shoal.distributed.health import STALL_MIN_S, Health
-from shoal.launch.restarts import describe, membership
+from shoal.launch.restarts import describe, membership, root_failure
 
 
 def test_membership_says_who_left_joined_or_came_back():
@@ -23,6 +23,14 @@ def test_a_gloo_timeout_is_described_without_its_source_path():
                                                   "Timed out waiting 30000ms for recv operation to complete\nmore"}, exitcode=1)
     assert describe(failure) == "RuntimeError: Timed out waiting 30000ms for recv operation to complete"
     assert describe(SimpleNamespace(message="", exitcode=-9)) == "killed by SIGKILL"
+
+
+def test_the_killed_worker_is_named_not_its_peers_that_lost_it():
+    peer = lambda t: SimpleNamespace(exitcode=1, timestamp=t, message="CollectiveTimeout: connection closed")  # noqa: E731
+    failures = {0: peer(100), 1: peer(100), 3: SimpleNamespace(exitcode=-9, timestamp=101, message=""), 2: peer(99)}
+    assert root_failure(failures)[0] == 3
+    del failures[3]
+    assert root_failure(failures)[0] == 2  # else the earliest
 
 
 def stall_watch() -> tuple[Health, list[dict]]:
