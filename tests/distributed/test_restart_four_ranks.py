@@ -34,9 +34,8 @@ every = 4
 
 def test_four_data_parallel_ranks_restart_to_within_a_rounding(tmp_path):
     job = four_rank_job("dp4").replace('hidden = [16]\n', 'hidden = [16]\ndropout = 0.1\n')
-    killed_run_matches_uninterrupted(job, tmp_path, part=None, nproc=4, rank=2, within=1e-6, peer_may_report=True)
+    killed_run_matches_uninterrupted(job, tmp_path, part=None, nproc=4, rank=2, within=1e-6)
 
 
 def test_fsdp_by_tp_layout_restarts_bit_identical(tmp_path):
-    killed_run_matches_uninterrupted(four_rank_job("fsdp2-tp2", parallel="fsdp = 2\ntp = 2"), tmp_path, part=None, nproc=4, rank=3,
-                                     peer_may_report=True)
+    killed_run_matches_uninterrupted(four_rank_job("fsdp2-tp2", parallel="fsdp = 2\ntp = 2"), tmp_path, part=None, nproc=4, rank=3)

@@ -77,11 +77,26 @@ class ReportingAgent(LocalElasticAgent):
             spec = worker_group.spec
             done = spec.max_restarts - self._remaining_restarts + 1
             rank, failure = root_failure(result.failures) if result.failures else (None, None)
-            who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
             why = describe(failure) if failure is not None else "unhealthy"
+            killed = self._killed_by_signal(worker_group)
+            if killed is not None and not why.startswith("killed by "):
+                rank, why = killed  # the peer whose collective lost it was seen first: name the cause
+            who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
             print(f"{who} failed ({why}); restarting the workers, restart {done} of {spec.max_restarts}: they resume from "
                   f"the newest checkpoint", file=sys.stderr, flush=True)
         return result
+
+    def _killed_by_signal(self, worker_group) -> tuple[int, str] | None:
+        """A worker of this node that died by a signal other than the agent's own SIGTERM. The agent records one
+        failure per monitoring pass, whichever exit it saw first: when the killed worker's peers failed in the same
+        pass (their collectives lost it), it may be a peer's; the exit codes of all the workers tell the cause."""
+        processes = getattr(getattr(self._pcontext, "_pc", None), "processes", None) or []
+        for worker in worker_group.workers:
+            code = processes[worker.local_rank].exitcode if worker.local_rank < len(processes) else None
+            if code is not None and code < 0 and -code != signal.SIGTERM:
+                with contextlib.suppress(ValueError):
+                    return worker.global_rank, f"killed by {signal.Signals(-code).name}"
+        return None
 
 
 @contextlib.contextmanager
