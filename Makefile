@@ -19,6 +19,7 @@ bench: setup
 	.venv/bin/python benchmarks/bench_overhead.py
 	.venv/bin/python benchmarks/bench_mnist.py
 	.venv/bin/python benchmarks/bench_checkpoint.py
+	.venv/bin/python benchmarks/bench_startup.py
 	.venv/bin/python benchmarks/bench_layouts.py all
 	.venv/bin/python benchmarks/bench_balance.py
 	.venv/bin/python benchmarks/bench_param_server.py

@@ -24,7 +24,10 @@ _IMPORT_ENV = dict(os.environ)
 
 
 def method() -> str:
-    """The start method the launcher passes to torch.distributed.elastic."""
+    """The start method the launcher passes to torch.distributed.elastic. SHOAL_START_METHOD=spawn spawns the workers
+    as before (an escape hatch, and the baseline of benchmarks/bench_startup.py)."""
+    if os.environ.get("SHOAL_START_METHOD") == "spawn":
+        return "spawn"
     usable = "forkserver" in multiprocessing.get_all_start_methods() and hasattr(getattr(forkserver, "_forkserver", None),
                                                                                 "_forkserver_alive_fd")  # see _let_server_go
     return "forkserver" if usable else "spawn"
