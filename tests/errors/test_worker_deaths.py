@@ -80,3 +80,15 @@ def test_spawned_worker_exception(broken, capsys):
     assert "Traceback" not in err and err.strip() == "", err
     rank = int(done.value.code.split("worker rank ")[1].split()[0])
     _check(done.value.code, rank, "ValueError: expected 4 dims", broken / "run")
+
+
+@pytest.mark.dist
+def test_a_worker_killed_by_a_signal_is_named_not_the_peer_that_lost_it(tmp_path, capsys, monkeypatch):
+    """No restarts left: the last line names the rank SIGKILL took, although its peer's collective fails at about the
+    same moment and the agent may record the peer's failure first."""
+    monkeypatch.setenv("SHOAL_TEST_KILL", "1:3")
+    job = job_file(tmp_path, BASE.replace("steps = 1", "steps = 8"))
+    with pytest.raises(SystemExit) as done:
+        main(["train", str(job), "--out", str(tmp_path / "run"), "--nproc", "2"])
+    assert done.value.code == f"error: worker rank 1 on {socket.gethostname()} failed: killed by SIGKILL", done.value.code
+    assert "Traceback" not in capsys.readouterr().err

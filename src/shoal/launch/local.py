@@ -86,8 +86,9 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
     levels = [log.level for log in quiet]
     for log in quiet:
         log.setLevel(logging.CRITICAL)
+    agent = None
     try:
-        with reporting_restarts(across_nodes=config.max_nodes > 1):  # a restart: one line naming the rank, the cause and restart k of n
+        with reporting_restarts(across_nodes=config.max_nodes > 1) as agent:  # a restart: one line (rank, cause, restart k of n)
             forkserver.warm([entry.__module__, "torchmetrics"])  # a no-op when `shoal train` started it already
             return elastic_launch(config, forkserver.with_env)(dict(os.environ), entry, *args)
     except (RendezvousError, DistError) as err:  # the agent's own connection to the store (node rank 0) gave out
@@ -98,7 +99,11 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
                        "to rejoin at the next rendezvous") from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {_root_cause(failure)}") from None
+        cause = _root_cause(failure)
+        killed = getattr(agent, "killed", None)  # a worker killed by a signal, when a peer's failure was recorded first
+        if killed is not None and not cause.startswith("killed by "):
+            rank, cause = killed
+        raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {cause}") from None
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)

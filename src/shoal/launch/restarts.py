@@ -71,14 +71,18 @@ class ReportingAgent(LocalElasticAgent):
                   file=sys.stderr, flush=True)
         self._met = met
 
+    killed: tuple[int, str] | None = None  # the last failure's worker killed by a signal, for the launcher's final line
+
     def _monitor_workers(self, worker_group):
         result = super()._monitor_workers(worker_group)
+        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
+            type(self).killed = self._killed_by_signal(worker_group)
         if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
             spec = worker_group.spec
             done = spec.max_restarts - self._remaining_restarts + 1
             rank, failure = root_failure(result.failures) if result.failures else (None, None)
             why = describe(failure) if failure is not None else "unhealthy"
-            killed = self._killed_by_signal(worker_group)
+            killed = type(self).killed
             if killed is not None and not why.startswith("killed by "):
                 rank, why = killed  # the peer whose collective lost it was seen first: name the cause
             who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
@@ -101,10 +105,12 @@ class ReportingAgent(LocalElasticAgent):
 
 @contextlib.contextmanager
 def reporting_restarts(across_nodes: bool = False):
-    """While a launch runs, the launcher builds ReportingAgent instead of LocalElasticAgent."""
+    """While a launch runs, the launcher builds ReportingAgent instead of LocalElasticAgent (a class of its own per
+    launch, which it yields: its `killed` names the worker a signal killed)."""
     original = launcher_api.LocalElasticAgent
-    launcher_api.LocalElasticAgent = type("ReportingAgent", (ReportingAgent,), {"across_nodes": across_nodes})
+    agent = type("ReportingAgent", (ReportingAgent,), {"across_nodes": across_nodes, "killed": None})
+    launcher_api.LocalElasticAgent = agent
     try:
-        yield
+        yield agent
     finally:
         launcher_api.LocalElasticAgent = original
