@@ -73,6 +73,20 @@ def accuracy(model: nn.Module, work: Work) -> float:
     return hits / len(work.y_eval)
 
 
+def plain_loop(model: nn.Module, opt: torch.optim.Optimizer, work: Work) -> tuple[list[torch.Tensor], float, float]:
+    """The loop a user of plain torch writes (the DDP loop's and Ray Train's): per-step losses, wall and CPU seconds."""
+    losses = []
+    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
+    for step in range(work.steps):
+        x, y = work.batch(step)
+        loss = loss_of(model, x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    return losses, time.perf_counter() - start, time.process_time() - cpu0
+
+
 def record(out: str | os.PathLike, work: Work, losses: list[torch.Tensor], train_s: float, model: nn.Module | None = None,
            **extra) -> None:
     """Each rank writes its per-step losses and clocks; rank 0 also evaluates and saves the model (as Shoal does at the end)."""

@@ -4,10 +4,9 @@ torchrun --standalone --nproc-per-node 2 ddp_loop.py WORK.pt OUT_DIR
 """
 
 import sys
-import time
 
 import torch.distributed as dist
-from common import Work, loss_of, record
+from common import Work, plain_loop, record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
@@ -18,17 +17,9 @@ def main() -> None:
     model = DDP(work.model())
     opt = work.optimizer(model.parameters())
     work.tune()
-    losses = []
-    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
-    for step in range(work.steps):
-        x, y = work.batch(step)
-        loss = loss_of(model, x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
+    losses, train_s, cpu_s = plain_loop(model, opt, work)
     dist.barrier()
-    record(out, work, losses, time.perf_counter() - start, model.module, cpu_s=time.process_time() - cpu0)
+    record(out, work, losses, train_s, model.module, cpu_s=cpu_s)
     # no destroy_process_group(): on gloo it can wait for a peer that already exited
 
 

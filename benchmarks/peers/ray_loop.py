@@ -7,7 +7,6 @@ Shoal's index slices: `prepare_data_loader` over a per-sample data set fetches s
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import ray
@@ -20,26 +19,18 @@ HERE = str(Path(__file__).resolve().parent)
 
 def loop(cfg: dict) -> None:
     sys.path.insert(0, cfg["here"])
-    from common import Work, loss_of, record
+    from common import Work, plain_loop, record
 
     ctx = ray.train.get_context()
     work = Work(cfg["work"], ctx.get_world_rank(), ctx.get_world_size())
     model = prepare_model(work.model())
     opt = work.optimizer(model.parameters())
     work.tune()
-    losses = []
-    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
-    for step in range(work.steps):
-        x, y = work.batch(step)
-        loss = loss_of(model, x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
+    losses, train_s, cpu_s = plain_loop(model, opt, work)
     import torch.distributed as dist
 
     dist.barrier()
-    record(cfg["out"], work, losses, time.perf_counter() - start, getattr(model, "module", model), cpu_s=time.process_time() - cpu0)
+    record(cfg["out"], work, losses, train_s, getattr(model, "module", model), cpu_s=cpu_s)
 
 
 def main() -> None:
