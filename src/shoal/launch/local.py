@@ -17,7 +17,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from shoal.distributed.env import free_port
 from shoal.launch import forkserver
 from shoal.launch.nodes import NodeSpec, interface_of, route_address
-from shoal.launch.restarts import reporting_restarts
+from shoal.launch.restarts import describe, reporting_restarts
 
 
 class WorkerFailed(RuntimeError):
@@ -99,10 +99,7 @@ def _run(config: LaunchConfig, entry: Callable[..., Any], args: tuple) -> dict[i
                        "to rejoin at the next rendezvous") from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        cause = _root_cause(failure)
-        killed = getattr(agent, "killed", None)  # a worker killed by a signal, when a peer's failure was recorded first
-        if killed is not None and not cause.startswith("killed by "):
-            rank, cause = killed
+        rank, cause = getattr(agent, "failed", None) or (rank, describe(failure))  # the agent's: a signal's victim first
         raise WorkerFailed(f"worker rank {rank} on {socket.gethostname()} failed: {cause}") from None
     finally:
         for log, level in zip(quiet, levels):
@@ -116,10 +113,3 @@ _CHATTY = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elas
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
-
-
-def _root_cause(failure) -> str:
-    message = failure.message
-    if isinstance(message, dict):
-        message = message.get("message", str(message))
-    return str(message).strip().splitlines()[0].removeprefix("WorkerFailure: ") if message else f"exit code {failure.exitcode}"

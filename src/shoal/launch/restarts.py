@@ -71,24 +71,27 @@ class ReportingAgent(LocalElasticAgent):
                   file=sys.stderr, flush=True)
         self._met = met
 
-    killed: tuple[int, str] | None = None  # the last failure's worker killed by a signal, for the launcher's final line
+    failed: tuple[int | None, str] | None = None  # the last failure: rank and cause, for the restart and the final line
 
     def _monitor_workers(self, worker_group):
         result = super()._monitor_workers(worker_group)
         if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
-            type(self).killed = self._killed_by_signal(worker_group)
-        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and self._remaining_restarts > 0:
-            spec = worker_group.spec
-            done = spec.max_restarts - self._remaining_restarts + 1
-            rank, failure = root_failure(result.failures) if result.failures else (None, None)
-            why = describe(failure) if failure is not None else "unhealthy"
-            killed = type(self).killed
-            if killed is not None and not why.startswith("killed by "):
-                rank, why = killed  # the peer whose collective lost it was seen first: name the cause
-            who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
-            print(f"{who} failed ({why}); restarting the workers, restart {done} of {spec.max_restarts}: they resume from "
-                  f"the newest checkpoint", file=sys.stderr, flush=True)
+            type(self).failed = self._cause(result, worker_group)
+            if self._remaining_restarts > 0:
+                rank, why = type(self).failed
+                done = worker_group.spec.max_restarts - self._remaining_restarts + 1
+                who = f"worker rank {rank} on {socket.gethostname()}" if rank is not None else "a worker"
+                print(f"{who} failed ({why}); restarting the workers, restart {done} of {worker_group.spec.max_restarts}: "
+                      f"they resume from the newest checkpoint", file=sys.stderr, flush=True)
         return result
+
+    def _cause(self, result, worker_group) -> tuple[int | None, str]:
+        """The failed rank and why. The agent records one failure per pass, whichever exit it saw first: a peer whose
+        collective lost the killed worker may come first, so a worker killed by a signal is named over it."""
+        rank, failure = root_failure(result.failures) if result.failures else (None, None)
+        why = describe(failure) if failure is not None else "unhealthy"
+        killed = self._killed_by_signal(worker_group)
+        return killed if killed is not None and not why.startswith("killed by ") else (rank, why)
 
     def _killed_by_signal(self, worker_group) -> tuple[int, str] | None:
         """A worker of this node that died by a signal other than the agent's own SIGTERM. The agent records one
@@ -106,9 +109,9 @@ class ReportingAgent(LocalElasticAgent):
 @contextlib.contextmanager
 def reporting_restarts(across_nodes: bool = False):
     """While a launch runs, the launcher builds ReportingAgent instead of LocalElasticAgent (a class of its own per
-    launch, which it yields: its `killed` names the worker a signal killed)."""
+    launch, which it yields: its `failed` holds the last failure's rank and cause)."""
     original = launcher_api.LocalElasticAgent
-    agent = type("ReportingAgent", (ReportingAgent,), {"across_nodes": across_nodes, "killed": None})
+    agent = type("ReportingAgent", (ReportingAgent,), {"across_nodes": across_nodes, "failed": None})
     launcher_api.LocalElasticAgent = agent
     try:
         yield agent

@@ -13,6 +13,7 @@ Fields: `model_flops_per_step` (this rank), `peak_tflops` (this rank's device),
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -47,15 +48,10 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     return best
 
 
-_PEAKS: dict[tuple[str, torch.dtype], float] = {}
-
-
+@functools.cache
 def _peak_of(device: torch.device, dtype: torch.dtype) -> float:
     """The device's measured peak, once per process (every fit of a process that trains several models reuses it)."""
-    key = (str(device), dtype)
-    if key not in _PEAKS:
-        _PEAKS[key] = measured_peak_flops(device, dtype)
-    return _PEAKS[key]
+    return measured_peak_flops(device, dtype)
 
 
 def _tp_size(layout) -> int:
