@@ -5,10 +5,9 @@ Batches are Shoal's index slices, not Accelerate's prepared DataLoader, which fe
 """
 
 import sys
-import time
 
 from accelerate import Accelerator
-from common import Work, loss_of, record
+from common import Work, plain_step, record, timed_loop
 
 
 def main() -> None:
@@ -19,17 +18,9 @@ def main() -> None:
     opt = work.optimizer(model.parameters())
     model, opt = acc.prepare(model, opt)
     work.tune()
-    losses = []
-    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
-    for step in range(work.steps):
-        x, y = work.batch(step)
-        loss = loss_of(model, x, y)
-        acc.backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
+    losses, train_s, cpu_s = timed_loop(work, plain_step(model, opt, backward=acc.backward))
     acc.wait_for_everyone()
-    record(out, work, losses, time.perf_counter() - start, acc.unwrap_model(model), cpu_s=time.process_time() - cpu0)
+    record(out, work, losses, train_s, acc.unwrap_model(model), cpu_s=cpu_s)
 
 
 if __name__ == "__main__":

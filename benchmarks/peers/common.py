@@ -73,18 +73,25 @@ def accuracy(model: nn.Module, work: Work) -> float:
     return hits / len(work.y_eval)
 
 
-def plain_loop(model: nn.Module, opt: torch.optim.Optimizer, work: Work) -> tuple[list[torch.Tensor], float, float]:
-    """The loop a user of plain torch writes (the DDP loop's and Ray Train's): per-step losses, wall and CPU seconds."""
+def timed_loop(work: Work, step) -> tuple[list[torch.Tensor], float, float]:
+    """Every step's loss from step(x, y), which trains on this rank's batch the peer's way; wall and CPU seconds."""
     losses = []
     start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
-    for step in range(work.steps):
-        x, y = work.batch(step)
+    for i in range(work.steps):
+        losses.append(step(*work.batch(i)).detach())
+    return losses, time.perf_counter() - start, time.process_time() - cpu0
+
+
+def plain_step(model: nn.Module, opt: torch.optim.Optimizer, backward=None):
+    """The step a user of plain torch writes (the DDP loop, Ray Train; Accelerate with its own `backward`)."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = loss_of(model, x, y)
-        loss.backward()
+        (backward or torch.Tensor.backward)(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-    return losses, time.perf_counter() - start, time.process_time() - cpu0
+        return loss
+
+    return step
 
 
 def record(out: str | os.PathLike, work: Work, losses: list[torch.Tensor], train_s: float, model: nn.Module | None = None,

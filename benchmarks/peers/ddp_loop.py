@@ -6,7 +6,7 @@ torchrun --standalone --nproc-per-node 2 ddp_loop.py WORK.pt OUT_DIR
 import sys
 
 import torch.distributed as dist
-from common import Work, plain_loop, record
+from common import Work, plain_step, record, timed_loop
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
@@ -17,7 +17,7 @@ def main() -> None:
     model = DDP(work.model())
     opt = work.optimizer(model.parameters())
     work.tune()
-    losses, train_s, cpu_s = plain_loop(model, opt, work)
+    losses, train_s, cpu_s = timed_loop(work, plain_step(model, opt))
     dist.barrier()
     record(out, work, losses, train_s, model.module, cpu_s=cpu_s)
     # no destroy_process_group(): on gloo it can wait for a peer that already exited

@@ -5,11 +5,10 @@ The first start JIT-builds a shared-memory op (about 4 minutes, then cached in ~
 """
 
 import sys
-import time
 
 import deepspeed
 import torch.distributed as dist
-from common import Work, loss_of, record
+from common import Work, loss_of, record, timed_loop
 
 
 def main() -> None:
@@ -21,16 +20,16 @@ def main() -> None:
               "gradient_clipping": 0.0, "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=work.optimizer(model.parameters()), config=config)
     work.tune()
-    losses = []
-    start, cpu0 = time.perf_counter(), time.process_time()  # cpu: this process's CPU seconds, every thread
-    for step in range(work.steps):
-        x, y = work.batch(step)
+
+    def step(x, y):
         loss = loss_of(engine, x, y)
         engine.backward(loss)
         engine.step()
-        losses.append(loss.detach())
+        return loss
+
+    losses, train_s, cpu_s = timed_loop(work, step)
     dist.barrier()
-    record(out, work, losses, time.perf_counter() - start, engine.module, cpu_s=time.process_time() - cpu0)
+    record(out, work, losses, train_s, engine.module, cpu_s=cpu_s)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ HERE = str(Path(__file__).resolve().parent)
 
 def loop(cfg: dict) -> None:
     sys.path.insert(0, cfg["here"])
-    from common import Work, plain_loop, record
+    from common import Work, plain_step, record, timed_loop
 
     ctx = ray.train.get_context()
     work = Work(cfg["work"], ctx.get_world_rank(), ctx.get_world_size())
     model = prepare_model(work.model())
     opt = work.optimizer(model.parameters())
     work.tune()
-    losses, train_s, cpu_s = plain_loop(model, opt, work)
+    losses, train_s, cpu_s = timed_loop(work, plain_step(model, opt))
     import torch.distributed as dist
 
     dist.barrier()
