@@ -86,6 +86,7 @@ MALFORMED = [  # (method, path, raw body, content type, status, words in the mes
     ("POST", "/v1/predict", json.dumps({"inputs": [SAMPLE] * 17}).encode(), "application/json", 413, "limit of 16"),
     ("POST", "/v1/predict", b" " * 200001, "application/json", 413, "exceeds the limit"),
     ("POST", "/v1/predict", json.dumps({"inputs": [SAMPLE]}).encode(), "text/plain", 415, "application/json"),
+    ("POST", "/v1/predict", json.dumps({"inputs": [{"p0": 1.0}]}).encode(), "application/json", 422, "not trained on a `shoal prep`"),
     ("GET", "/v1/predict", None, "application/json", 405, "Method Not Allowed"),
     ("POST", "/v1/nothing", b"{}", "application/json", 404, "Not Found"),
     ("POST", "/v1/generate", b'{"prompt": "hi"}', "application/json", 404, "only the gpt"),

@@ -6,9 +6,11 @@ Retry-After when the queue is full or the service is shutting down.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shoal.errors import ShoalError
 from shoal.serve.batcher import Batcher, QueueFull, Work
 from shoal.serve.metrics import Metrics
 from shoal.serve.pool import Pool, ReplicaFailed
@@ -40,6 +43,7 @@ class Service:
     batcher: Batcher | None = None
     draining: bool = False
     threads: int = 0  # intra-op threads per replica (0: cores / replicas)
+    rows: Callable | None = None  # raw rows -> features: the run's fitted preprocessing (shoal.infer.prepare.FittedRows)
 
     @property
     def ready(self) -> bool:
@@ -67,6 +71,8 @@ def create_app(service: Service) -> Starlette:
         data = parse_body(body, request.headers.get("content-type", ""), service.limits)
         if kind == "predict":
             x = predict_inputs(data, service.limits)
+            if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
+                x = await prepared(x)
             work = Work("predict", x, len(x))
         else:
             work = Work("generate", generate_request(data, service.limits))
@@ -82,6 +88,15 @@ def create_app(service: Service) -> Starlette:
         from shoal.infer.generate import decode
 
         return JSONResponse({"tokens": result["tokens"], "text": decode(result["tokens"])})
+
+    async def prepared(rows: list[dict]):
+        try:
+            x = await asyncio.get_running_loop().run_in_executor(None, service.rows, rows)
+        except ShoalError as err:
+            raise BadRequest(422, str(err)) from None
+        if list(x.shape[1:]) != list(service.limits.input_shape):
+            raise BadRequest(422, f"the fitted steps give {x.shape[1]} features, the model takes {list(service.limits.input_shape)}")
+        return x
 
     async def predict(request: Request) -> Response:
         return await submit(request, "predict", "predict")

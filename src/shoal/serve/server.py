@@ -45,9 +45,13 @@ def service_for(source_path: str, replicas: int, token: str | None, max_batch: i
     if token is not None and not token.strip():
         raise ShoalError("--token: give a non-empty token (or leave it out to serve without one)")
     source = resolve(source_path, "serve")
+    from shoal.infer.prepare import FittedRows, fitted_dir_of  # shoal.prep imports dask: only when needed
+
+    fitted = fitted_dir_of(source)
+    rows = FittedRows(fitted) if fitted is not None else None  # raw rows go through the run's fitted steps
     limits = Limits(tuple(source.spec.input_shape), source.spec.num_classes, source.task == "lm", max_request_samples,
-                    max_body_bytes, source.is_gpt)
-    return Service(str(source_path), replicas, limits, (max_batch, max_wait_ms / 1000.0, max_queue), token)
+                    max_body_bytes, source.is_gpt, rows is not None)
+    return Service(str(source_path), replicas, limits, (max_batch, max_wait_ms / 1000.0, max_queue), token, rows=rows)
 
 
 def serve_command(source_path: str, replicas: int = 1, port: int = 8000, host: str = "127.0.0.1", token: str | None = None,

@@ -25,6 +25,7 @@ class Limits:
     max_samples: int  # per request
     max_body_bytes: int
     gpt: bool
+    raw_rows: bool = False  # the run trained on a `shoal prep` output: samples may be raw rows (JSON objects)
 
 
 def _no_constants(name: str):
@@ -63,6 +64,8 @@ def predict_inputs(data: dict, limits: Limits) -> np.ndarray:
         raise BadRequest(422, "'inputs' is empty: send at least one sample")
     if len(inputs) > limits.max_samples:
         raise BadRequest(413, f"{len(inputs)} samples exceed the limit of {limits.max_samples} per request")
+    if any(isinstance(s, dict) for s in inputs):
+        return raw_rows(inputs, limits)
     want = list(limits.input_shape)
     x = _fast_array(inputs)
     if x is None or list(x.shape[1:]) != want or (limits.lm and x.dtype.kind == "f"):
@@ -78,6 +81,22 @@ def predict_inputs(data: dict, limits: Limits) -> np.ndarray:
     if not limits.lm and not np.isfinite(x).all():
         raise BadRequest(422, "inputs hold a number too large for float32")
     return x
+
+
+def raw_rows(inputs: list, limits: Limits) -> list[dict]:
+    """Raw rows (one JSON object of column: value each) for the run's fitted preprocessing, checked for form here;
+    their columns and types are checked against the run's raw data where the steps run (shoal.infer.prepare)."""
+    if not limits.raw_rows:
+        raise BadRequest(422, "inputs[0] is a JSON object (a raw row), but this run was not trained on a `shoal prep` output "
+                              "with fitted steps; send samples as the model takes them (nested lists of numbers)")
+    for i, row in enumerate(inputs):
+        if not isinstance(row, dict):
+            raise BadRequest(422, f"inputs[{i}] is not a JSON object: send every sample as a raw row, or none")
+        for key, value in row.items():
+            if value is not None and (isinstance(value, (list, dict)) or (isinstance(value, float) and not math.isfinite(value))):
+                raise BadRequest(422, f"inputs[{i}].{key} is {json.dumps(value)[:40]}: a raw value must be a number, string, "
+                                      "true/false or null")
+    return inputs
 
 
 def _fast_array(inputs: list) -> np.ndarray | None:
