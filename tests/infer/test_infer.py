@@ -108,6 +108,24 @@ def test_pipeline_split_of_the_gpt_equals_one_process(runs, tmp_path):
     assert {"loss", "perplexity"} <= set(json.loads((out / "metrics.json").read_text()))
 
 
+def test_tensor_parallel_prediction_from_a_checkpoint_equals_one_process_in_order(runs, tmp_path):
+    """--split tp over 2 ranks, the gpt's DCP checkpoint loaded into the halves; 9 sequences in batches of 4
+    (4, 4 and a short 1): outputs equal one process's row for row (1e-5), predictions too, metrics scored."""
+    ckpt = sorted((runs["gpt"] / "checkpoints").glob("step-*"))[-1]
+    one, tp = tmp_path / "one", tmp_path / "tp"
+    assert shoal("infer", str(ckpt), "--data", str(runs["text"]), "--out", str(one), "--batch", "4") == 0
+    cli(str(ckpt), "--data", str(runs["text"]), "--out", str(tp), "--nproc", "2", "--split", "tp", "--batch", "4")
+    a, b = read_outputs(one), read_outputs(tp)
+    expected = reference(runs["gpt"], runs["text"])[..., : resolve(runs["gpt"]).spec.num_classes].numpy()
+    assert b["outputs"].shape == expected.shape == (9, 16, resolve(runs["gpt"]).spec.num_classes)
+    assert np.abs(b["outputs"] - expected).max() <= 1e-5 and np.abs(a["outputs"] - b["outputs"]).max() <= 1e-5
+    assert (b["predictions"] == a["predictions"]).all()
+    manifest = json.loads((tp / "manifest.json").read_text())
+    assert manifest["split"] == "tp" and manifest["rows"] == [9] and manifest["processes"] == 2
+    metrics = json.loads((tp / "metrics.json").read_text())
+    assert abs(metrics["loss"] - json.loads((one / "metrics.json").read_text())["loss"]) <= 1e-5
+
+
 def test_tensor_parallel_generation_from_a_checkpoint_equals_one_process(runs, tmp_path):
     """A DCP checkpoint loads straight into the tensor-parallel halves; the cached generation runs on each rank's heads."""
     ckpt = sorted((runs["gpt"] / "checkpoints").glob("step-*"))[-1]
