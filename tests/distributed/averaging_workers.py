@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import dp_workers
 import numpy as np
 import torch
 from torch import nn
 
+import shoal
 import shoal.train.trainer as trainer_mod
 from shoal.config import JobConfig
 from shoal.distributed.collectives import TrainingGroup
@@ -48,7 +51,56 @@ def train(names: list[str]) -> dict:
         finally:
             trainer_mod.microbatches = real
     out["hand"] = hand_cases()
+    out["score_dict"] = score_dict_case()
     return out
+
+
+SCORE_DICT = {"data": {"task": "classify"}, "sync": "average", "train": {"steps": 4},
+              "average": {"every": 2, "weights": "score", "score_samples": 10}}
+
+
+def score_dict_case() -> list[dict] | None:
+    """sync = "average", weights = "score" on a tiny BERT classifier (transformers' ModelOutput, dict batches with attention
+    masks) trained by shoal.fit: at every averaging, the weight the strategy used, this rank's replica scored by hand
+    (logits.argmax == labels on the first score_samples evaluation rows), and its values before and after. Rank r's
+    replica is tilted towards class 2r just before each averaging, so the two weights differ."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    import hf_workers
+
+    from shoal.sync.average import Average
+
+    rows = hf_workers.samples("bert")
+    train_rows, eval_rows = rows[:36], rows[36:]
+    seen: list[dict] = []
+    real_weight, real_average = Average.weight, Average.average
+
+    def weight(self):
+        with torch.no_grad():  # as if rank r's local steps had favoured class 2r: the replicas score 0.3 and 0.4
+            self.module.classifier.bias[2 * torch.distributed.get_rank()] += 5.0
+        w = real_weight(self)
+        n = min(self.cfg.score_samples, len(eval_rows))
+        batch = {k: torch.stack([r[k] for r in eval_rows[:n]]) for k in ("input_ids", "attention_mask", "labels")}
+        was = self.module.training
+        self.module.eval()
+        with torch.no_grad():
+            logits = self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        self.module.train(was)
+        seen.append({"weight": w, "hand": int((logits.argmax(-1) == batch["labels"]).sum()) / n,
+                     "before": torch.cat([t.detach().reshape(-1).clone() for t in self.tensors()])})
+        return w
+
+    def average(self):
+        real_average(self)
+        seen[-1]["after"] = torch.cat([t.detach().reshape(-1).clone() for t in self.tensors()])
+
+    Average.weight, Average.average = weight, average
+    try:
+        cfg = dp_workers.merged(hf_workers.COMMON, SCORE_DICT)
+        shoal.fit(hf_workers.hf_model("bert"), train_rows, eval_rows, cfg, show_progress=False, summary=False)
+    finally:
+        Average.weight, Average.average = real_weight, real_average
+    return seen
 
 
 class _Layout:
@@ -61,7 +113,7 @@ def _strategy(average: dict, model: nn.Module):
     env = init_distributed("gloo")
     group = TrainingGroup.world()
     sync = build(SyncContext(cfg, env, check_layout(cfg.parallel, group.size), group))
-    sync.attach(_Layout(model), torch.optim.SGD(model.parameters(), lr=0.1), eval_set=[()])  # eval_set: only for weights = score
+    sync.attach(_Layout(model), torch.optim.SGD(model.parameters(), lr=0.1), score=lambda n: 0.0)  # score: weights = score only
     return sync
 
 

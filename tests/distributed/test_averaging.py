@@ -8,6 +8,7 @@ from __future__ import annotations
 import averaging_workers
 import numpy as np
 import pytest
+import torch
 
 from job_files import digits_mlp
 from runs import killed_run_matches_uninterrupted, records
@@ -44,6 +45,22 @@ def test_averages_equal_a_hand_computation(runs):
             seen.append(anchor)
         assert hand["diloco"][:2] == pytest.approx(seen, abs=1e-5)
         assert hand["diloco"][2] == pytest.approx(3.0, abs=1e-6)  # buffers (batch-norm statistics) are plainly averaged
+
+
+def test_score_weights_on_a_dict_batch_model_equal_a_hand_computation(runs):
+    """A tiny BERT classifier on dict batches (ModelOutput, attention masks): each replica's weight is its accuracy on the
+    first 10 evaluation rows, scored by hand, and the averaged values are the weighted mean of both ranks' replicas."""
+    if runs[0]["score_dict"] is None:
+        pytest.skip("transformers is not installed")
+    mine, theirs = runs[0]["score_dict"], runs[1]["score_dict"]
+    assert len(mine) == len(theirs) == 2  # 4 steps, an averaging every 2
+    for a, b in zip(mine, theirs):
+        for r in (a, b):
+            assert r["weight"] == pytest.approx(r["hand"] + 1e-6, abs=1e-9), r  # + 1e-6: a replica scoring 0 counts a little
+        assert a["hand"] == pytest.approx(0.3) and b["hand"] == pytest.approx(0.4)  # tilted to class 0 and 2 (3 and 4 of 10)
+        expected = (a["weight"] * a["before"] + b["weight"] * b["before"]) / (a["weight"] + b["weight"])
+        assert (a["after"] - expected).abs().max() < 1e-5 and torch.equal(a["after"], b["after"])
+        assert (a["before"] - b["before"]).abs().max() > 1e-4  # the replicas had moved apart: a real average
 
 
 def test_h1_sample_weighted_averaging_with_sgd_equals_data_parallel(runs):

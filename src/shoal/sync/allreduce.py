@@ -62,7 +62,7 @@ class AllReduce(SyncStrategy):
         out, self.pending = self.pending, []
         return out
 
-    def attach(self, layout, optimizer, eval_set=None, num_classes: int = 0) -> None:
+    def attach(self, layout, optimizer, score=None) -> None:
         if self.ctx.dims.model_parallel:
             self.grad_bytes, self.grad_ratio = sharded_grad_bytes(layout.parameters(), self.ctx.dims, self.ctx.cfg.comm.compression)
 

@@ -2,8 +2,8 @@
 
 weights: "equal"; "samples" (each rank's samples since the last averaging: with uneven batches
 that is the exact global mean, so H = 1 with SGD equals data parallel); "score" (each rank's
-accuracy on the first `score_samples` evaluation samples, scored just before the average, so
-better replicas count more).
+accuracy on the first `score_samples` evaluation samples, scored just before the average by the
+trainer's scorer, which reads any model output, dict batches included; better replicas count more).
 
 outer = "diloco" (Douillard et al., 2023): the ranks' average is not taken as it is; the change
 from the last agreed parameters, anchor - average, is a pseudo-gradient for an outer SGD with
@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from shoal.data import fetch
 from shoal.errors import ShoalError
 from shoal.sync.base import SYNC, SyncContext
 from shoal.sync.local_updates import LocalUpdates
@@ -27,16 +26,17 @@ class Average(LocalUpdates):
     def __init__(self, ctx: SyncContext):
         super().__init__(ctx)
         self.cfg = ctx.cfg.average
-        self.eval_set = None
+        self.score = None  # score(n): this replica's accuracy on the first n evaluation samples (from the trainer)
         self.anchor: list[torch.Tensor] = []
         self.outer: torch.optim.Optimizer | None = None
 
-    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
-        super().attach(layout, optimizer, eval_set, num_classes)
-        self.eval_set, self.num_classes = eval_set, num_classes
-        if self.cfg.weights == "score" and eval_set is None:
-            raise ShoalError("average.weights = 'score' scores each replica on evaluation data: give an eval set "
-                             "(data.eval_fraction > 0, or eval_set= in shoal.fit) or choose weights = 'equal' / 'samples'")
+    def attach(self, layout, optimizer: torch.optim.Optimizer, score=None) -> None:
+        super().attach(layout, optimizer, score)
+        self.score = score
+        if self.cfg.weights == "score" and score is None:
+            raise ShoalError("average.weights = 'score' weighs each replica by its accuracy on evaluation data: give an eval set "
+                             "(data.eval_fraction > 0, or eval_set= in shoal.fit) and a classification loss, or choose "
+                             "weights = 'equal' / 'samples'")
         if self.cfg.outer == "diloco":
             self.anchor = [t.detach().clone().requires_grad_(True) for t in self.tensors()[: self._n_params()]]
             momentum = self.cfg.outer_momentum
@@ -55,18 +55,9 @@ class Average(LocalUpdates):
             return self._score() + 1e-6  # a replica that scores 0 still counts a little: the weights never all vanish
         return 1.0
 
-    @torch.no_grad()
     def _score(self) -> float:
-        n = min(self.cfg.score_samples, len(self.eval_set))
-        x, y = fetch(self.eval_set, torch.arange(n).numpy())
-        was = self.module.training
-        self.module.eval()
-        out = self.module(x.to(self.ctx.env.device))
-        self.module.train(was)
-        classes = self.num_classes or out.shape[-1]
-        from torchmetrics.functional.classification import multiclass_accuracy  # only score weights need it (~2 s to import)
-
-        return float(multiclass_accuracy(out[..., :classes].flatten(0, -2), y.flatten().to(out.device), classes, average="micro"))
+        """The trainer's scorer (train.metrics.ReplicaScore): copes with every output a loss can score (dict batches too)."""
+        return self.score(self.cfg.score_samples)
 
     def combine(self, averaged: list[torch.Tensor]) -> None:
         if self.outer is None:

@@ -2,7 +2,8 @@
 
     batch_plan(train_set) / total_steps once: which samples each rank reads at each step (federated: its own only)
     wrap(model, sample)                 once, before training (e.g. DDP around a replica); sample: one micro-batch
-    attach(layout, optimizer, ...)      once, after the optimizer is built (local updates keep per-rank state)
+    attach(layout, optimizer, score)    once, after the optimizer is built (local updates keep per-rank state);
+                                        score(n): this replica's accuracy on n evaluation samples (None: no eval set)
     loss_scale(mine, total)             every step: the factor of this rank's loss sum (global mean by default)
     forward/backward per micro-batch    the layout defers gradient reduction to the last one
     after_backward(layout)              gradients are complete on this rank
@@ -20,6 +21,7 @@ A new strategy is one file with `@SYNC.register("name")` on its class; the job p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +67,8 @@ class SyncStrategy:
             raise ShoalError(f"sync = '{ctx.cfg.sync}' needs parallel.fsdp = tp = pp = 1 (layout here: {ctx.dims.describe()})")
 
     def batch_plan(self, n_samples: int, dataset) -> BatchPlan:
-        """Which samples each data-parallel rank reads at each step; `dataset` for plans that deal by label."""
-        return plan_for(self.ctx.cfg, n_samples, self.ctx.dims.dp_size)  # the batch is dealt over replicas, not tp/pp peers
+        """Which samples each data-parallel rank reads at each step; `dataset` for plans that deal by label or by row group."""
+        return plan_for(self.ctx.cfg, n_samples, self.ctx.dims.dp_size, dataset)  # dealt over replicas, not tp/pp peers
 
     def total_steps(self, plan: BatchPlan) -> int:
         return steps_of_plan(self.ctx.cfg, plan)
@@ -76,7 +78,7 @@ class SyncStrategy:
         over ranks, so dp / total makes the update the exact global-batch mean; local updates use 1 / mine."""
         return self.ctx.dims.dp_size / total
 
-    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
+    def attach(self, layout, optimizer: torch.optim.Optimizer, score: Callable[[int], float] | None = None) -> None:
         pass
 
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:

@@ -79,8 +79,8 @@ class Federated(LocalUpdates):
         if self.cfg.prox_mu > 0:
             self.round_start = [p.detach().clone() for p in self.module.parameters()]
 
-    def attach(self, layout, optimizer, eval_set=None, num_classes: int = 0) -> None:
-        super().attach(layout, optimizer, eval_set, num_classes)
+    def attach(self, layout, optimizer, score=None) -> None:
+        super().attach(layout, optimizer, score)
         self._begin_round()
 
     def loss_scale(self, mine: int, total: int) -> float:

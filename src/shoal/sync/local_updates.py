@@ -45,7 +45,7 @@ class LocalUpdates(SyncStrategy):
         self.samples += mine
         return 1.0 / mine if mine else 0.0
 
-    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
+    def attach(self, layout, optimizer: torch.optim.Optimizer, score=None) -> None:
         self.module, self.optimizer = layout.model, optimizer
 
     def tensors(self) -> list[torch.Tensor]:

@@ -96,7 +96,7 @@ class ParamServer(SyncStrategy):
                                         f"{self.shards.total:,} values sharded by size"})
         return model
 
-    def attach(self, layout, optimizer: torch.optim.Optimizer, eval_set=None, num_classes: int = 0) -> None:
+    def attach(self, layout, optimizer: torch.optim.Optimizer, score=None) -> None:
         self.optimizer = optimizer
 
     def grad_norm(self, layout, max_norm: float) -> float:

@@ -94,3 +94,29 @@ def evaluate(model: nn.Module, dataset: Dataset, env: DistEnv, num_classes: int,
     dims = ParallelDims(env.world_size, 1, 1, 1, env.world_size)
     layout = Replicated([model], dims, env, list(model.state_dict()))
     return evaluate_layout(layout, dataset, batch_size, loss_fn, num_classes, TrainingGroup.world())
+
+
+class ReplicaScore:
+    """This rank's own replica's accuracy on the first n evaluation samples, with no collective: what a sync strategy
+    weighs replicas by (sync = "average", weights = "score"). It lives here, not in sync/, because scoring any model
+    output (a tensor, a ModelOutput of a dict batch, token logits) is the loss's business, which sync/ may not import."""
+
+    def __init__(self, layout: Layout, dataset: Dataset, loss_fn, num_classes: int, batch_size: int = 256):
+        self.layout, self.dataset, self.num_classes, self.batch_size = layout, dataset, num_classes, batch_size
+        self.loss = as_loss(loss_fn).for_scores()
+
+    @torch.no_grad()
+    def __call__(self, n: int) -> float:
+        n = min(n, len(self.dataset))
+        was = self.layout.model.training
+        self.layout.train(False)
+        right = total = 0
+        for start in range(0, n, self.batch_size):
+            x, y = fetch(self.dataset, np.arange(start, min(start + self.batch_size, n)))
+            out = scores_of(self.layout.predict(to_device(x, self.layout.env.device), y), self.loss.key)
+            scores, classes = self.loss.eval_view(out, y.to(out.device))
+            scores = scores[..., : self.num_classes] if self.num_classes else scores
+            right += int((scores.argmax(-1) == classes).sum())
+            total += int(classes.numel())
+        self.layout.train(was)
+        return right / total if total else 0.0
