@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 from shoal.data.batches import call_model
 from shoal.distributed import DistEnv
@@ -68,6 +69,11 @@ class Layout:
         """Model output on ranks that hold it (None elsewhere); a collective among model-parallel peers."""
         return call_model(self.model, x)
 
+    def prepare_resume(self, x, y, loss_fn: Callable) -> bool:
+        """Called in a resumed run before its checkpoint is loaded, so that the steps after it take the path an
+        uninterrupted run's took; True when it ran a collective step whose counts should be dropped."""
+        return False
+
     def clip_grad_norm_(self, max_norm: float) -> float:
         return norm.clip_grad_norm_(self.parameters(), max_norm, self.dims)
 
@@ -93,6 +99,21 @@ class Replicated(Layout):
             loss = loss_fn(call_model(self.model, x, _labels(loss_fn)), y, reduction="sum") * scale
             loss.backward()
         return loss.item() / self.env.world_size
+
+    def prepare_resume(self, x, y, loss_fn):
+        """DDP's first iteration lays its gradient buckets out in parameter order, later ones in gradient-ready order,
+        and with more than two ranks the ring all-reduce's order of summation follows an element's offset in its
+        bucket. A resumed run's first step would be DDP's first iteration where the uninterrupted run's was not, so
+        it would differ by a rounding. One throw-away forward and backward on the same graph lets DDP rebuild its
+        buckets at the next forward, as it did at the uninterrupted run's second step. Its gradients are dropped;
+        whatever else it touched (weights stay, buffers, RNG draws, compressor state) the checkpoint then overwrites."""
+        if not isinstance(self.model, DistributedDataParallel) or self.model._has_rebuilt_buckets:
+            return False
+        loss = loss_fn(call_model(self.model, x, _labels(loss_fn)), y, reduction="sum") * 0.0
+        loss.backward()
+        for p in self.model.parameters():
+            p.grad = None
+        return True
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]

@@ -103,8 +103,10 @@ class Trainer:
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
         self.plan = sync.batch_plan(len(train_set), train_set)
         self.steps = sync.total_steps(self.plan)
-        self.layout = parallel.build(model, env, cfg, dims, self._sample_microbatch(), sync.wrap)
+        self.layout = parallel.build(model, env, cfg, dims, self._sample_microbatch()[0], sync.wrap)
         self.model = self.layout.model
+        if resume_from is not None:
+            self._prepare_resume()
         self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
         score = ReplicaScore(self.layout, eval_set, self.loss_fn, num_classes) if eval_set is not None and self.loss_fn.classes else None
@@ -136,14 +138,22 @@ class Trainer:
         print(f"{self.health.host}: {ranks} of {env.world_size} train here; global rank 0 runs on {self.health.hosts[0]}, "
               f"which prints progress and the summary (records: the run directory there)", flush=True)
 
+    def _prepare_resume(self) -> None:
+        """Before monitors and clocks exist and before the checkpoint is loaded: the layout's throw-away step (if it
+        needs one) leaves nothing behind that the load does not overwrite; its bytes are not the run's."""
+        if self.layout.prepare_resume(*self._sample_microbatch(), self.loss_fn):
+            self.sync.stats()
+
     def _step_batch(self) -> int:
         """Samples of one replica in one accumulation step."""
         return self.plan.local_batch // self.cfg.train.grad_accum
 
-    def _sample_microbatch(self) -> torch.Tensor:
-        """Inputs of one pipeline micro-batch: what stage costs are measured on (a dict for transformers-style batches)."""
+    def _sample_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of one pipeline micro-batch: what stage costs are measured on (inputs: a dict for
+        transformers-style batches)."""
         size = max(self._step_batch() // self.dims.microbatches, 1)
-        return to_device(fetch(self.train_set, np.arange(min(size, len(self.train_set))))[0], self.env.device)
+        x, y = fetch(self.train_set, np.arange(min(size, len(self.train_set))))
+        return to_device(x, self.env.device), to_device(y, self.env.device)
 
     def parts(self) -> dict:
         """The named stateful parts checkpoints carry besides model, optimizer, schedule and RNG."""
