@@ -91,6 +91,10 @@ class DataConfig(Section):
         "is known in advance, else all (docs/data.md)")
     stream_block_rows: int = Field(65536, ge=1, le=2**31, description="read = stream: rows per block, the unit of reading and "
                                    "of shuffling (block order and the rows inside a block are shuffled, seeded)")
+    lanes: int = Field(0, ge=0, le=2**20, description="parquet, read = rank or stream: 0 = rows shuffled over the whole file (each rank "
+                       "decodes every row group, keeps 1/N); L = row groups (stream: blocks) dealt to L lanes each epoch, every batch "
+                       "draws from all, each rank reads only its lanes: 1/N of the file. A multiple of the data-parallel ranks; the "
+                       "order depends on L, not on the world (docs/data.md)")
 
 
 class OptimizerConfig(Section):
@@ -312,6 +316,11 @@ class JobConfig(Section):
         if read == "rank" and self.parallel.balance == "speed":
             raise ValueError("data.read = 'rank' needs each rank's samples known in advance, which parallel.balance = 'speed' "
                              "moves as it measures; use data.read = 'all' or 'stream', or fixed parallel.batch_shares")
+        if d.lanes and (self.data_read() not in ("rank", "stream") or d.partition_scope != "batch" or self.sync == "federated"
+                        or self.parallel.batch_shares or self.parallel.balance != "none"):
+            raise ValueError("data.lanes needs Parquet read per rank or streamed (data.read = 'rank' or 'stream'), "
+                             "data.partition_scope = 'batch', no parallel.batch_shares or balance and no sync = 'federated': "
+                             "each rank serves whole lanes; set data.lanes = 0")
         if read == "rank" and self.sync == "federated" and self.federated.split != "iid":
             raise ValueError(f"data.read = 'rank' cannot split clients by label (federated.split = '{self.federated.split}' "
                              "reads every label first); use data.read = 'all'")

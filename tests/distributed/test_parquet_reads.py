@@ -3,6 +3,7 @@ process within 1e-5; streamed, a run SIGKILLed and restarted resumes its stream 
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from runs import killed_run_matches_uninterrupted, records, weights
 from shoal.api import fit
 from shoal.config import load_job
 from shoal.data import load
-from shoal.data.plan import BatchPlan, rank_epoch
+from shoal.data.plan import BatchPlan, plan_for, rank_epoch
 from shoal.distributed import shutdown
 from shoal.job.worker import run_job
 from shoal.launch.local import launch_local
@@ -54,6 +55,27 @@ def test_each_rank_reads_half_the_rows_and_the_model_equals_one_process(tmp_path
         assert read["rows_read"] == len(rank_epoch(plan, 0, rank)) + len(rank_epoch(plan, 1, rank)) + 60 == 540, reads
         assert read["on_demand_rows"] <= 32  # a first sample and one micro-batch, read to check shapes
         assert read["peak_bytes"] <= (240 + 60) * (6 * 4 + 16)  # this rank's rows: features, label, row number
+    assert max_diff(weights(tmp_path / "two"), one_process(job_file)) < EXACT
+
+
+def test_with_lanes_each_rank_reads_its_own_row_groups_and_the_model_equals_one_process(tmp_path):
+    shards = write_shards(tmp_path / "prep")
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(job(shards, "lanes = 4\n"))
+    cfg = load_job(job_file)
+    launch_local(run_job, (cfg, str(tmp_path / "two")), nproc=2)
+    reads = records(tmp_path / "two", "data")[0]["ranks"]
+    splits = load(cfg.data, cfg.seed)
+    plan = plan_for(cfg, len(splits.train), 2, splits.train)
+    whole = sum(m.row_group(g).column(c).total_compressed_size for m in (pq.ParquetFile(f).metadata for f in sorted(shards.glob("*.parquet")))
+                for g in range(m.num_row_groups) for c in range(m.num_columns))  # the file's bytes: what a rank reads an epoch without lanes
+    for rank, read in enumerate(reads):  # two epochs of its own lanes, and its half of evaluation
+        own = len(rank_epoch(plan, 0, rank)) + len(rank_epoch(plan, 1, rank)) + len(splits.eval) // 2
+        assert read["rows_read"] == own, reads
+        # without lanes a rank decodes the whole file each epoch and once more to evaluate (3x its bytes here); with lanes half
+        # of that, and a row group or two read on demand to check shapes
+        assert read["bytes_read"] < 0.5 * 3 * whole, (reads, whole)
+    assert reads[0]["rows_read"] + reads[1]["rows_read"] == 2 * len(splits.train) + len(splits.eval)
     assert max_diff(weights(tmp_path / "two"), one_process(job_file)) < EXACT
 
 

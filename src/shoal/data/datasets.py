@@ -291,8 +291,8 @@ def _parquet_by_rows(cfg: DataConfig, seed: int, mode: str) -> Splits:
         train, eval_ = StreamRows(source, 0, n_train, cfg.stream_block_rows), StreamRows(source, n - n_eval, n_ev, cfg.stream_block_rows)
         used = np.concatenate([np.arange(n_train), np.arange(n - n_eval, n - n_eval + n_ev)])
     else:
-        order = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(n)  # the split of _held_out, row for row
-        tr, ev = order[n_eval:][: _limit(n - n_eval, cfg.limit_train)], order[:n_eval][: _limit(n_eval, cfg.limit_eval)]
+        tr, ev = _groups_held_out(source, n_eval, seed) if cfg.lanes else _rows_held_out(n, n_eval, seed)
+        tr, ev = tr[: _limit(len(tr), cfg.limit_train)], ev[: _limit(len(ev), cfg.limit_eval)]
         train, eval_ = RankRows(source, tr), RankRows(source, ev)
         used = np.sort(np.concatenate([tr, ev]))
     if len(train) == 0:
@@ -307,6 +307,27 @@ def _parquet_by_rows(cfg: DataConfig, seed: int, mode: str) -> Splits:
                          "rerun `shoal prep`")
     spec = DataSpec((len(source.features),), high + 1, len(train), len(eval_))
     return Splits(train, eval_ if len(eval_) else None, spec)
+
+
+def _rows_held_out(n: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and evaluation rows: the split of _held_out, row for row."""
+    order = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(n)
+    return order[n_eval:], order[:n_eval]
+
+
+def _groups_held_out(source, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """data.lanes: whole row groups (seeded) held out until they reach n_eval rows, the rest for training, both in file
+    order, so no row group is read for both and each rank reads only the groups of its lanes and its evaluation share."""
+    sizes = np.diff(source.starts)
+    order = np.random.default_rng([seed & 0xFFFFFFFF, 7]).permutation(len(sizes))
+    ends = np.concatenate([[0], np.cumsum(sizes[order])])  # rows held out by the first k groups of the order
+    k = int(np.abs(ends - n_eval).argmin()) if n_eval else 0  # the k whose rows come nearest n_eval
+    k = min(max(k, 1 if n_eval else 0), max(len(sizes) - 1, 0))  # some evaluation rows if asked for, some training rows
+    held = np.zeros(len(sizes), dtype=bool)
+    held[order[:k]] = True
+    rows = [np.arange(source.starts[g], source.starts[g + 1]) for g in range(len(sizes))]
+    pick = lambda keep: np.concatenate([r for r, h in zip(rows, held) if h == keep] or [np.zeros(0, np.int64)])  # noqa: E731
+    return pick(False), pick(True)
 
 
 def _check_columns(path: Path, features: list[str], label: str) -> None:

@@ -24,16 +24,18 @@ from shoal.errors import ShoalError
 @dataclass
 class ReadStats:
     """What a rank read: rows taken into memory by `hold`, rows read on demand (samples not held: a first sample to check
-    shapes), row groups decoded, and the most bytes its data sets held at once."""
+    shapes), row groups decoded (and which, and their bytes on disk), and the most bytes its data sets held at once."""
 
     rows_read: int = 0
     groups_read: int = 0
     peak_bytes: int = 0
     on_demand_rows: int = 0
+    bytes_read: int = 0
+    groups: set = field(default_factory=set)
 
     def as_record(self) -> dict:
         return {"rows_read": self.rows_read, "row_groups_read": self.groups_read, "peak_bytes": self.peak_bytes,
-                "on_demand_rows": self.on_demand_rows}
+                "on_demand_rows": self.on_demand_rows, "bytes_read": self.bytes_read, "distinct_row_groups": len(self.groups)}
 
 
 @dataclass
@@ -71,6 +73,10 @@ class ParquetSource:
         except Exception as err:
             raise ShoalError(f"{self.where}: cannot read row group {g} of '{self.files[fi]}' ({_one_line(err)}); write the file again") from None
         self.stats.groups_read += 1
+        self.stats.groups.add(group)
+        meta = self._handles[fi].metadata.row_group(g)
+        self.stats.bytes_read += sum(meta.column(i).total_compressed_size for i in range(meta.num_columns)
+                                     if meta.column(i).path_in_schema in column_names)
         return {c: table.column(c).to_numpy() for c in column_names}
 
     def _features(self, cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -99,8 +105,12 @@ class ParquetSource:
         return self.read_rows(np.arange(start, stop, dtype=np.int64))
 
     def label_range(self, rows: np.ndarray | None = None) -> tuple[int, int]:
-        """(smallest, largest) label of the given sorted global rows (None: all), read group by group from the label
-        column alone; a bad label fails with one line."""
+        """(smallest, largest) label of the given sorted global rows (None: all), from the files' column statistics where
+        they hold integer labels (nothing decoded), else read group by group from the label column alone; a bad label
+        fails with one line."""
+        known = self._label_statistics() if rows is None else None
+        if known is not None:
+            return known
         low, high = None, None
         bounds = np.searchsorted(rows, self.starts) if rows is not None else None
         with self.lock:
@@ -114,8 +124,23 @@ class ParquetSource:
                 if len(y):
                     low = int(y.min()) if low is None else min(low, int(y.min()))
                     high = int(y.max()) if high is None else max(high, int(y.max()))
-        self.stats.groups_read = 0  # the scan is a check before training, not what training reads
+        self.stats.groups_read = self.stats.bytes_read = 0  # the scan is a check before training, not what training reads
+        self.stats.groups.clear()
         return (low or 0, high if high is not None else -1)
+
+    def _label_statistics(self) -> tuple[int, int] | None:
+        """(min, max) of an integer label column from every row group's statistics; None where any group lacks them."""
+        low, high = None, None
+        for fi, g in self.groups:
+            meta = self._handles[fi].metadata.row_group(g)
+            col = next((meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == self.label), None)
+            st = col.statistics if col is not None else None
+            if st is None or not st.has_min_max or st.physical_type not in ("INT32", "INT64") or st.null_count:
+                return None
+            if st.min < 0:
+                raise ShoalError(f"{self.where}: label column '{self.label}' holds the label {st.min}; labels must be class codes 0..C-1")
+            low, high = st.min if low is None else min(low, st.min), st.max if high is None else max(high, st.max)
+        return (int(low), int(high)) if low is not None else None
 
     def locate(self, row: int) -> tuple[str, int]:
         """(file name, row in that file) of a global row: a stream's position, readable by a person."""
@@ -155,6 +180,12 @@ class RankRows(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def units(self) -> np.ndarray | None:
+        """Where each row group's samples start, then len(self) (None unless the rows are in file order: data.lanes)."""
+        if len(self.rows) > 1 and (np.diff(self.rows) <= 0).any():
+            return None
+        return np.searchsorted(self.rows, self.source.starts)
 
     def __getitem__(self, i: int):
         x, y = self.take(np.array([i]))
@@ -199,6 +230,9 @@ class EpochShare:
     def __init__(self, dataset: Dataset, plan, rank: int):
         self.dataset, self.plan, self.rank = dataset, plan, rank
         self.key: tuple | None = None
+        lanes = getattr(plan, "lanes", 0) // max(getattr(plan, "world", 1), 1)
+        if lanes and hasattr(dataset, "capacity"):  # a stream serving `lanes` lanes: two blocks of each at once
+            dataset.capacity = 2 * lanes
 
     def ready(self, epoch: int, shares: list[int] | None) -> None:
         from shoal.data.plan import rank_epoch

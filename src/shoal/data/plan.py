@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shoal.data.partition import deal, rng_for, split_sizes
+from shoal.errors import ShoalError
 
 if TYPE_CHECKING:
     from shoal.config import JobConfig
@@ -120,9 +121,20 @@ def _blocks(n: int, block: int, seed: int, shuffle: bool, epoch: int) -> tuple[n
     return order, np.cumsum(np.minimum(block, n - order * block))
 
 
-def plan_for(cfg: JobConfig, n_samples: int, world: int) -> BatchPlan:
-    """The job's batch plan over `world` data-parallel ranks (replicas x shards; tp and pp peers share one)."""
+def plan_for(cfg: JobConfig, n_samples: int, world: int, dataset=None) -> BatchPlan:
+    """The job's batch plan over `world` data-parallel ranks (replicas x shards; tp and pp peers share one). With
+    `data.lanes`, the lane plan over the units of `dataset` (shoal.data.lanes); without a data set, a plan of the same
+    steps (what checks before training need)."""
     d = cfg.data
+    if d.lanes and world and d.lanes % world:
+        raise ShoalError(f"data.lanes = {d.lanes} is not a multiple of the {world} data-parallel ranks; each rank serves whole "
+                         f"lanes: set data.lanes to a multiple of {world} (keep it when the world changes, or the order changes)")
+    units = dataset.units() if d.lanes and hasattr(dataset, "units") else None
+    if units is not None:
+        from shoal.data.lanes import LanePlan
+
+        return LanePlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last,
+                        cfg.seed, tuple(int(u) for u in units), d.lanes, "unit" if d.read == "stream" else "lane")
     if d.read == "stream":
         return StreamPlan(n_samples, cfg.train.global_batch_size, world, d.partition, d.partition_scope, d.shuffle, d.drop_last,
                           cfg.seed, d.stream_block_rows)

@@ -33,10 +33,15 @@ class StreamRows(Dataset):
         self.source, self.first, self.n, self.block = source, first, n, block
         self.cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.lock = threading.Lock()
+        self.capacity = CACHED_BLOCKS  # blocks kept at once; a lane plan raises it to two per lane the rank serves
         source.holders.append(self)
 
     def __len__(self) -> int:
         return self.n
+
+    def units(self) -> np.ndarray:
+        """Where each block starts, then len(self): the units of the lane plan (data.lanes)."""
+        return np.append(np.arange(0, self.n, self.block), self.n)
 
     def __getitem__(self, i: int):
         x, y = self.take(np.array([i]))
@@ -63,8 +68,8 @@ class StreamRows(Dataset):
         with self.lock:
             blocks = idx // self.block
             needed = [int(b) for b in np.unique(blocks)]
-            for old in [b for b in self.cache if b not in needed][: max(len(self.cache) + len(needed) - CACHED_BLOCKS, 0)]:
-                del self.cache[old]  # before reading: never more than two blocks (or the ones this call needs) at once
+            for old in [b for b in self.cache if b not in needed][: max(len(self.cache) + len(needed) - self.capacity, 0)]:
+                del self.cache[old]  # before reading: never more than `capacity` blocks (or the ones this call needs) at once
             for b in needed:
                 at = blocks == b
                 bx, by = self._block(b)
