@@ -50,6 +50,16 @@ def test_a_rank_that_stops_answering_is_named_within_the_timeout(tmp_path):
     assert took < 4 + 60  # start-up on 2 shared cores, then the timeout itself
 
 
+def test_a_rank_missing_outside_a_step_is_named_too(tmp_path):
+    """A collective of an evaluation (or a record, a checkpoint) times out: the same one line as in a step, not
+    gloo's raw message."""
+    proc, _ = train(tmp_path, {"SHOAL_TEST_HANG_BEFORE": "1:evaluation after step 15"}, steps=40, timeout=4)
+    assert proc.returncode != 0
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "collective in the evaluation after step 15 failed on rank 0 (dist.timeout_s = 4)" in line, line
+    assert re.search(r"did not arrive: rank 1 \(host [^,]+, pid \d+, last step 15", line), line
+
+
 def test_a_slowed_rank_is_reported_as_a_straggler(tmp_path):
     proc, _ = train(tmp_path, {"SHOAL_TEST_SLOW_RANK": "1", "SHOAL_TEST_SLOW_S": "0.03"}, steps=24, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,7 +3,8 @@
 - SHOAL_TEST_KILL="RANK:STEP" sends SIGKILL to rank RANK right after optimizer step STEP;
   "RANK:STEP:save" kills it inside the checkpoint save of step STEP, after its shards are
   written and before the commit.
-- SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP.
+- SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP; SHOAL_TEST_HANG_BEFORE="RANK:TEXT"
+  before the first phase outside the steps whose description contains TEXT ("evaluation after step 4").
 - SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
   seconds per step in those ranks, like a slower core.
 - SHOAL_TEST_PACE_S="0.1" makes every rank sleep that long before each step: wall time without CPU, so the
@@ -69,6 +70,21 @@ def hang_after_step(rank: int) -> Hook:
 
     def hang(step: int) -> None:
         while step == at:
+            time.sleep(3600)
+
+    return hang
+
+
+def hang_before(rank: int) -> Callable[[str], None] | None:
+    """Called before a phase outside the steps (Health.guard): SHOAL_TEST_HANG_BEFORE="RANK:TEXT" sleeps forever
+    before the first phase whose description contains TEXT (e.g. "evaluation after step 4")."""
+    spec = os.environ.get("SHOAL_TEST_HANG_BEFORE")
+    if not spec or not _first_attempt() or int(spec.split(":")[0]) != rank:
+        return None
+    text = spec.split(":", 1)[1]
+
+    def hang(what: str) -> None:
+        while text in what:
             time.sleep(3600)
 
     return hang

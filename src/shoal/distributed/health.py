@@ -76,6 +76,7 @@ class Health:
         self.hosts = [self.host] * self.group.size
         self.slow_hook = fault_injection.slow_step(env.rank)  # None outside the fault tests
         self.hang_hook = fault_injection.hang_after_step(env.rank)
+        self.eval_hang_hook = fault_injection.hang_before(env.rank)
         self.pace_hook = fault_injection.pace_step(env.rank)
         self.recent_s: collections.deque[float] = collections.deque(maxlen=32)  # wall seconds of the last steps
         self.store = None
@@ -129,9 +130,23 @@ class Health:
             if self.active:
                 self._note_stall(number, time.perf_counter() - wall0)
         except RuntimeError as err:
-            if not self.active or isinstance(err, CollectiveTimeout) or not _is_communication_error(err):
-                raise  # a bug in the model or data keeps its own traceback
-            raise CollectiveTimeout(self.explain(number, err)) from err
+            self._raise_named(f"at step {number}", err)
+
+    @contextlib.contextmanager
+    def guard(self, what: str):
+        """Collectives outside a step (records, evaluation, checkpoints): a failed one is named like a step's, not
+        left as gloo's raw message. `what` says where, e.g. "in the evaluation after step 8"."""
+        if self.eval_hang_hook is not None:
+            self.eval_hang_hook(what)
+        try:
+            yield
+        except RuntimeError as err:
+            self._raise_named(what, err)
+
+    def _raise_named(self, where: str, err: RuntimeError) -> None:
+        if not self.active or isinstance(err, CollectiveTimeout) or not _is_communication_error(err):
+            raise err  # a bug in the model or data keeps its own traceback
+        raise CollectiveTimeout(self.explain(where, err)) from err
 
     # stragglers
     def _compare_busy(self, step: int) -> None:
@@ -165,8 +180,9 @@ class Health:
         self.recent_s.append(wall_s)
 
     # hangs
-    def explain(self, step: int, err: BaseException) -> str:
-        """One line: which ranks this rank waited for at `step`, with host, pid and last step from their heartbeats."""
+    def explain(self, where: str, err: BaseException) -> str:
+        """One line: which ranks this rank waited for `where` ("at step 4"), with host, pid and last step from their
+        heartbeats."""
         beats, now, mine = self.beats(), time.time(), _sequence_number()
         stale_after = max(3 * self.cfg.heartbeat_s, 2.0)
         absent = []
@@ -182,7 +198,7 @@ class Health:
         lines = str(err).strip().splitlines()
         cause = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])[:160] if lines else type(err).__name__  # drop gloo's source path
         who = "; ".join(absent) if absent else "no rank could be named (all heartbeats current)"
-        return (f"collective at step {step} failed on rank {self.env.rank} (dist.timeout_s = {self.timeout_s:g}): "
+        return (f"collective {where} failed on rank {self.env.rank} (dist.timeout_s = {self.timeout_s:g}): "
                 f"did not arrive: {who}; cause: {cause}")
 
     def close(self) -> None:

@@ -320,25 +320,29 @@ class Trainer:
             seen += outcome[1]
             done = step + 1
             if done % cfg.log_every == 0 or done == self.steps:
-                last_loss = self.log_window(window, done, epoch, start)
+                with self.health.guard(f"in the training record after step {done}"):
+                    last_loss = self.log_window(window, done, epoch, start)
                 self.balance.after_log(done)
                 window = Window()
             if (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and done % spe == 0) or done == self.steps:
                 window.pause()  # throughput counts training, not evaluation
-                last_eval = self.evaluate_and_log(done, epoch)
+                with self.health.guard(f"in the evaluation after step {done}"):
+                    last_eval = self.evaluate_and_log(done, epoch)
                 window.restart()
             if self.kill_test_hook is not None:
                 self.kill_test_hook(done)
             if every and done % every == 0 and done < self.steps:
                 window.pause()
-                self.save_checkpoint(done)
+                with self.health.guard(f"in the checkpoint of step {done}"):
+                    self.save_checkpoint(done)
                 window.restart()
             step = done
-        if self.checkpoints is not None:
-            if self.cfg.checkpoint.at_end and first < self.steps:
-                self.save_checkpoint(self.steps)
-            self.checkpoints.wait()
-        self.log_reads()
+        with self.health.guard(f"in the last checkpoint and records (step {self.steps})"):
+            if self.checkpoints is not None:
+                if self.cfg.checkpoint.at_end and first < self.steps:
+                    self.save_checkpoint(self.steps)
+                self.checkpoints.wait()
+            self.log_reads()
         wall = time.perf_counter() - start
         self.progress.close()
         self.prefetch.close()
