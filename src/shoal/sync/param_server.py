@@ -148,12 +148,13 @@ class ParamServer(SyncStrategy):
 
     def stats(self) -> dict[str, float]:
         """comm_bytes: pushed + pulled by this worker per step (log window); comm_rounds, comm_bytes_total: since the
-        start; staleness_mean over the updates the servers applied since the previous record, staleness_max since the start."""
+        start; staleness_mean over the updates the servers applied since the previous record, staleness_max since the start;
+        ps_updates: pushes server 0 took in so far, all workers' (a restart carries the count on: it is the servers' state)."""
         applied, total = sum(s[0] for s in self.seen), sum(s[1] for s in self.seen)
         new = applied - self.logged[0]
         out = {"comm_bytes": self.window_bytes / max(self.window_steps, 1), "comm_rounds": self.rounds,
                "comm_bytes_total": self.bytes_total, "staleness_max": max(s[2] for s in self.seen),
-               "staleness_mean": (total - self.logged[1]) / new if new else 0.0}
+               "staleness_mean": (total - self.logged[1]) / new if new else 0.0, "ps_updates": self.seen[0][0]}
         self.logged = (applied, total)
         self.window_steps = self.window_bytes = 0
         return out
