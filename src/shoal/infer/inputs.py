@@ -17,12 +17,21 @@ from shoal.infer.source import Source
 
 @dataclass
 class Inputs:
-    x: torch.Tensor
+    x: torch.Tensor | dict[str, torch.Tensor]  # a dict of columns (input_ids, attention_mask, ...) for hf: models
     y: torch.Tensor | None
     path: Path
 
     def __len__(self) -> int:
-        return len(self.x)
+        return rows_of(self.x)
+
+
+def rows_of(x) -> int:
+    return len(x["input_ids"]) if isinstance(x, dict) else len(x)
+
+
+def take(x, start: int, stop: int):
+    """Samples [start, stop) of a tensor or of every column of a dict."""
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
 
 
 def locate(path: str | Path, source: Source, scratch: Path) -> Path:
@@ -44,6 +53,10 @@ def read(path: str | Path, source: Source, rows: tuple[int, int] | None = None) 
     path = Path(path)
     if not path.exists():
         raise ShoalError(f"--data: '{path}' not found")
+    if source.spec.dict_inputs:
+        from shoal.infer.named import read_named
+
+        return read_named(path, source, rows)
     if path.suffix == ".npz":
         x, y = _npz(path)
         if rows is not None:

@@ -15,10 +15,10 @@ import torch
 
 from shoal.errors import ShoalError
 from shoal.infer.generate import encode, generate
-from shoal.infer.inputs import read
+from shoal.infer.inputs import read, rows_of, take
 from shoal.infer.job import InferJob
 from shoal.infer.output import write_shard
-from shoal.infer.predict import forward_batches, predictions
+from shoal.infer.predict import forward_batches, predictions, scores
 from shoal.infer.shards import shard_range
 from shoal.infer.source import build, resolve
 
@@ -53,7 +53,7 @@ def replicated_worker(job: InferJob) -> dict:
     start, stop = shard_range(job.rows, world, rank)
     inputs = read(job.data, source, (start, stop))  # only this replica's shard
     started = time.perf_counter()
-    out = forward_batches(model, inputs.x, job.batch, source.spec.num_classes)
+    out = forward_batches(model, inputs.x, job.batch, source.spec.num_classes, source.cfg.train.output_key)
     compute_s = time.perf_counter() - started
     write_shard(Path(job.staging), rank, {"outputs": out.numpy(), "predictions": predictions(out)})
     return {"rows": stop - start, "compute_s": compute_s}
@@ -84,6 +84,13 @@ def split_layout(source, job: InferJob, sample: torch.Tensor, microbatches: int)
     return env, layout
 
 
+def _pad_rows(x, rows: int):
+    """x with its first sample repeated up to `rows` samples (a tensor, or every column of a dict)."""
+    if isinstance(x, dict):
+        return {k: _pad_rows(v, rows) for k, v in x.items()}
+    return torch.cat([x, x[:1].expand(rows - len(x), *x.shape[1:])])
+
+
 def _writes(layout, env) -> bool:
     return layout.holds_output and layout.dims.coords(env.rank)["tp"] == 0
 
@@ -98,17 +105,17 @@ def split_worker(job: InferJob) -> dict:
     inputs = read(job.data, source)
     micro = job.microbatches or world
     batch = max(job.batch - job.batch % micro, micro) if job.split == "pp" else job.batch
-    env, layout = split_layout(source, job, inputs.x[:batch], micro if job.split == "pp" else 0)
+    env, layout = split_layout(source, job, take(inputs.x, 0, batch), micro if job.split == "pp" else 0)
     outputs = []
     started = time.perf_counter()
     for i in range(0, len(inputs), batch):
-        x = inputs.x[i : i + batch]
-        valid = len(x)
+        x = take(inputs.x, i, i + batch)
+        valid = rows_of(x)
         if valid < batch and job.split == "pp":  # the schedule's shapes are fixed: pad the last batch, drop the padding
-            x = torch.cat([x, x[:1].expand(batch - valid, *x.shape[1:])])
-        out = layout.predict(x, torch.zeros(len(x)))
+            x = _pad_rows(x, batch)
+        out = layout.predict(x, torch.zeros(rows_of(x)))
         if out is not None:
-            outputs.append(out[:valid, ..., : source.spec.num_classes].float())
+            outputs.append(scores(out, source.spec.num_classes, source.cfg.train.output_key)[:valid])
     if _writes(layout, env):
         out = torch.cat(outputs)
         write_shard(Path(job.staging), 0, {"outputs": out.numpy(), "predictions": predictions(out)})

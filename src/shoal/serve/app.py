@@ -73,7 +73,7 @@ def create_app(service: Service) -> Starlette:
             x = predict_inputs(data, service.limits)
             if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
                 x = await prepared(x)
-            work = Work("predict", x, len(x))
+            work = Work("predict", x, len(x["input_ids"]) if isinstance(x, dict) else len(x))
         else:
             work = Work("generate", generate_request(data, service.limits))
         try:

@@ -160,6 +160,8 @@ class Pool:
 
 def _message(batch: list[Work]):
     if batch[0].kind == "predict":
+        if isinstance(batch[0].payload, dict):  # named inputs (hf: models): each column of every request
+            return "predict", {k: np.concatenate([w.payload[k] for w in batch]) for k in batch[0].payload}
         return "predict", np.concatenate([w.payload for w in batch])
     return batch[0].kind, batch[0].payload
 

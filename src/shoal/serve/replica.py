@@ -13,14 +13,16 @@ DELAY_ENV = "SHOAL_TEST_SERVE_DELAY_S"  # test-only: seconds each batch takes at
 
 
 def replica_main(source_path: str, conn, threads: int) -> None:
+    from shoal.data.batches import call_model
     from shoal.infer.generate import generate
+    from shoal.infer.predict import scores
     from shoal.infer.source import build, resolve
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     source = resolve(source_path, "serve")
     model = build(source)
-    vocab = source.spec.num_classes
+    vocab, key = source.spec.num_classes, source.cfg.train.output_key
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     conn.send(("ready", os.getpid()))
     while True:
@@ -34,7 +36,8 @@ def replica_main(source_path: str, conn, threads: int) -> None:
         started = time.perf_counter()
         try:
             if kind == "predict":
-                out = model(torch.from_numpy(payload))[..., :vocab].float()
+                x = {k: torch.from_numpy(v) for k, v in payload.items()} if isinstance(payload, dict) else torch.from_numpy(payload)
+                out = scores(call_model(model, x), vocab, key)
                 result = {"outputs": out.numpy(), "predictions": out.argmax(dim=-1).numpy()}
             else:
                 tokens = generate(model, torch.tensor([payload["tokens"]]), payload["max_new_tokens"], vocab,

@@ -50,8 +50,18 @@ def service_for(source_path: str, replicas: int, token: str | None, max_batch: i
     fitted = fitted_dir_of(source)
     rows = FittedRows(fitted) if fitted is not None else None  # raw rows go through the run's fitted steps
     limits = Limits(tuple(source.spec.input_shape), source.spec.num_classes, source.task == "lm", max_request_samples,
-                    max_body_bytes, source.is_gpt, rows is not None)
+                    max_body_bytes, source.is_gpt, rows is not None, source.spec.dict_inputs, _vocab(source))
     return Service(str(source_path), replicas, limits, (max_batch, max_wait_ms / 1000.0, max_queue), token, rows=rows)
+
+
+def _vocab(source) -> int:
+    """A transformers classifier's vocabulary (its config's, as `shoal.models.hf` builds it), for checking token ids."""
+    if not source.spec.dict_inputs or source.task == "lm" or not source.cfg.model.name.startswith("hf:"):
+        return 0
+    from shoal.models.hf import model_class
+
+    kwargs = source.cfg.model.kwargs
+    return int(kwargs.get("vocab_size") or getattr(model_class(source.cfg.model.name).config_class(), "vocab_size", 0) or 0)
 
 
 def serve_command(source_path: str, replicas: int = 1, port: int = 8000, host: str = "127.0.0.1", token: str | None = None,

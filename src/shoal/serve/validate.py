@@ -26,6 +26,8 @@ class Limits:
     max_body_bytes: int
     gpt: bool
     raw_rows: bool = False  # the run trained on a `shoal prep` output: samples may be raw rows (JSON objects)
+    named: bool = False  # the model takes dict batches (hf: models): samples are token ids, or {"input_ids", "attention_mask"}
+    vocab: int = 0  # named inputs of a classifier: its embedding's vocabulary (a language model's is `classes`)
 
 
 def _no_constants(name: str):
@@ -64,6 +66,8 @@ def predict_inputs(data: dict, limits: Limits) -> np.ndarray:
         raise BadRequest(422, "'inputs' is empty: send at least one sample")
     if len(inputs) > limits.max_samples:
         raise BadRequest(413, f"{len(inputs)} samples exceed the limit of {limits.max_samples} per request")
+    if limits.named:
+        return named_inputs(inputs, limits)
     if any(isinstance(s, dict) for s in inputs):
         return raw_rows(inputs, limits)
     want = list(limits.input_shape)
@@ -80,6 +84,41 @@ def predict_inputs(data: dict, limits: Limits) -> np.ndarray:
         raise BadRequest(422, f"inputs[{i}] holds a token outside 0..{limits.classes - 1}")
     if not limits.lm and not np.isfinite(x).all():
         raise BadRequest(422, "inputs hold a number too large for float32")
+    return x
+
+
+NAMED = ("input_ids", "attention_mask")  # token_type_ids are not served: requests batched together must agree on their fields
+
+
+def named_inputs(inputs: list, limits: Limits) -> dict[str, np.ndarray]:
+    """Samples of a model that takes named inputs: each a list of token ids or an object of `input_ids` and
+    optionally `attention_mask` (all ones where absent), each of the model's sequence length."""
+    seq = limits.input_shape[0]
+    columns: dict[str, list] = {}
+    for i, sample in enumerate(inputs):
+        row = sample if isinstance(sample, dict) else {"input_ids": sample}
+        unknown = [k for k in row if k not in NAMED]
+        if unknown:
+            raise BadRequest(422, f"inputs[{i}] has field '{unknown[0]}'; a sample has {', '.join(NAMED)}")
+        if "input_ids" not in row:
+            raise BadRequest(422, f"inputs[{i}] has no 'input_ids'")
+        ids = row["input_ids"]
+        row = {"input_ids": ids, "attention_mask": row.get("attention_mask", [1] * len(ids) if isinstance(ids, list) else None)}
+        for key, value in row.items():
+            if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+                raise BadRequest(422, f"inputs[{i}].{key} must be a list of integers")
+            if len(value) != seq:
+                raise BadRequest(422, f"inputs[{i}].{key} has {len(value)} tokens, the model takes {seq}: pad on the right and "
+                                      "send an attention_mask with 0 there")
+            columns.setdefault(key, []).append(value)
+    x = {k: np.asarray(v, dtype=np.int64) for k, v in columns.items()}
+    ids, vocab = x["input_ids"], limits.vocab or limits.classes
+    if ((ids < 0) | (ids >= vocab)).any():
+        i = int(np.nonzero(((ids < 0) | (ids >= vocab)).any(1))[0][0])
+        raise BadRequest(422, f"inputs[{i}].input_ids holds a token outside the vocabulary 0..{vocab - 1}")
+    mask = x.get("attention_mask")
+    if mask is not None and ((mask != 0) & (mask != 1)).any():
+        raise BadRequest(422, f"inputs[{int(np.nonzero(((mask != 0) & (mask != 1)).any(1))[0][0])}].attention_mask must hold 0 and 1 only")
     return x
 
 
