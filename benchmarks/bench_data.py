@@ -10,6 +10,12 @@ model, batches and libraries such as pandas, which `all` imports: what is not th
 the last training step (evaluation, on the last 10% of rows, comes after it; its rows count in
 the bytes held). Ratios are against `all` at the same process count.
 
+Bytes read: one epoch on a 200,000-row copy (the same layout) with `data.read` = rank and stream,
+with `data.lanes` = 0 (rows shuffled over the whole file: the baseline) and 8 (each rank reads its
+own lanes' row groups / blocks), on 2 and 4 processes. Per rank: the compressed bytes of the row
+group columns it decoded (the run's "data" record), as a fraction of the file's bytes, and the
+training time; ratios are against lanes = 0 at the same mode and process count.
+
 Data wait: the mean `data_wait_s` of the training records (the first window, start-up, left
 out) with `data.prefetch` = off (the baseline: the batch is read when the step asks for it) and
 on, on the MNIST CNN and gpt examples and on the Parquet data per rank and streamed, 2 processes,
@@ -90,6 +96,31 @@ def memory(tmp: Path, rows: int, steps: int) -> dict:
     return out
 
 
+def file_bytes(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(m.row_group(g).column(c).total_compressed_size for m in (pq.ParquetFile(f).metadata for f in sorted(path.glob("*.parquet")))
+               for g in range(m.num_row_groups) for c in range(m.num_columns))
+
+
+def reads(tmp: Path, rows: int) -> dict:
+    data = write_parquet(tmp / "reads", rows)
+    (tmp / "reads.toml").write_text(parquet_job(data, 0))
+    out: dict = {"rows": rows, "file_bytes": file_bytes(data), "runs": {}}
+    for nproc in (2, 4):
+        for mode in ("rank", "stream"):
+            for lanes in (0, 8):
+                rec = train(tmp / "reads.toml", tmp / "run", nproc, f'data.read="{mode}"', f"data.lanes={lanes}", "train.steps=0",
+                            "train.epochs=1", "train.log_every=100")
+                ranks = [r for r in rec if r["kind"] == "data"][0]["ranks"]
+                out["runs"][f"{mode} lanes={lanes} x{nproc}"] = {
+                    "bytes_read_per_rank": [r["bytes_read"] for r in ranks], "rows_read_per_rank": [r["rows_read"] for r in ranks],
+                    "row_groups_read_per_rank": [r["row_groups_read"] for r in ranks],
+                    "train_s": [r for r in rec if r["kind"] == "train"][-1]["time_s"]}
+                print(mode, lanes, nproc, out["runs"][f"{mode} lanes={lanes} x{nproc}"], flush=True)
+    return out
+
+
 def wait(tmp: Path, rounds: int) -> dict:
     pq_job = tmp / "big.toml"
     jobs = {"mnist cnn": (ROOT / "examples" / "mnist_cnn.toml", ["train.steps=80", "train.log_every=20", "data.limit_eval=256",
@@ -114,9 +145,16 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--read-rows", type=int, default=200_000)
+    p.add_argument("--only", choices=["all", "reads"], default="all", help="reads: only the bytes-read part (its own file)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
+        r = reads(Path(d), a.read_rows)
+        Path(a.out).with_name("data_reads.json").write_text(json.dumps(r, indent=1))
+        print_reads(r)
+        if a.only == "reads":
+            return
         result = {"memory": memory(Path(d), a.rows, a.steps), "wait": wait(Path(d), a.rounds)}
     Path(a.out).write_text(json.dumps(result, indent=1))
     m = result["memory"]
@@ -135,6 +173,19 @@ def main() -> None:
         off, on = (statistics.median(x["data_wait_s"] for x in r[k]) * 1e3 for k in ("off", "on"))
         step = statistics.median(x["step_s"] for x in r["on"]) * 1e3
         print(f"| {name} | {off:.2f} | {on:.2f} | {on / off:.2f} | {step:.1f} | {on / step:.1%} |")
+
+
+def print_reads(r: dict) -> None:
+    print(f"\n{r['rows']:,} rows, file {r['file_bytes'] / 2**20:.1f} MiB; one epoch; per rank, largest of the ranks")
+    print("| read | processes | lanes | bytes read per rank (MiB) | of the file | vs lanes = 0 | row groups decoded | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, x in r["runs"].items():
+        mode, lanes, n = key.split(" ")
+        ref = r["runs"][f"{mode} lanes=0 {n}"]
+        most, ref_most = max(x["bytes_read_per_rank"]), max(ref["bytes_read_per_rank"])
+        t = f"{x['train_s']:.1f}" if x["train_s"] else "-"
+        print(f"| {mode} | {n[1:]} | {lanes[6:]} | {most / 2**20:.1f} | {most / r['file_bytes']:.2f} | {most / ref_most:.2f} | "
+              f"{max(x['row_groups_read_per_rank'])} | {t} |")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_token_ids_keep_their_integer_dtype(tmp_path):
 def test_parquet_list_columns_become_padded_dict_batches(tmp_path):
     seqs = [[3, 4, 5], [6, 7], [8, 9, 10, 11], [1, 2]] * 5
     pq.write_table(pa.table({"input_ids": seqs, "labels": [i % 2 for i in range(20)]}), tmp_path / "t.parquet")
-    splits = load(DataConfig(name="parquet", path=str(tmp_path / "t.parquet"), eval_fraction=0.25), 0)
+    splits = load(DataConfig(name="parquet", path=str(tmp_path / "t.parquet"), eval_fraction=0.25, read="all"), 0)
     ids, mask = splits.train.columns["input_ids"], splits.train.columns["attention_mask"]
     assert ids.shape[1] == 4 and ids.dtype == torch.long
     assert (mask.sum(1) == (ids > 0).sum(1)).all()

@@ -119,7 +119,7 @@ def as_pairs(dataset: Dataset | None, task: str = "auto") -> Dataset | None:
 
 
 def is_dict_data(dataset: Dataset | None) -> bool:
-    return isinstance(dataset, (DictDataset, DictSamples))
+    return isinstance(dataset, (DictDataset, DictSamples)) or getattr(dataset, "dict_inputs", False)
 
 
 def to_device(x, device: torch.device):

@@ -372,6 +372,8 @@ def _load_columns(cfg: DataConfig, seed: int) -> Splits | None:
             return None  # the ordinary path says what is wrong with the file
         if "input_ids" not in names:
             return None
+        if read_mode(cfg) != "all":
+            return _tokens_by_rows(cfg, seed, [c for c in names if c in batches.KNOWN])
         table = pq.read_table(cfg.path, columns=[c for c in names if c in batches.KNOWN])
         train, eval_ = batches.columns_from_rows({c: table.column(c).to_pylist() for c in table.column_names}), None
     else:
@@ -381,6 +383,50 @@ def _load_columns(cfg: DataConfig, seed: int) -> Splits | None:
         raise ShoalError(f"data: the training split of '{cfg.path}' is empty; check data.limit_train and data.eval_fraction")
     spec = DataSpec((tr.seq_len,), batches.vocab_and_classes(tr, ev), len(tr), len(ev) if ev is not None else 0, task, True)
     return Splits(tr, ev, spec)
+
+
+def _tokens_by_rows(cfg: DataConfig, seed: int, columns: list[str]) -> Splits:
+    """Parquet token columns read per rank (shoal.data.parquet_tokens): the split and targets of the whole-file path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shoal.data.parquet_rows import ParquetSource
+    from shoal.data.parquet_tokens import TokenRows, column_range
+
+    where = f"data.path '{cfg.path}'"
+    schema = pq.read_schema(cfg.path)
+    listed = lambda c: c in schema.names and pa.types.is_list(schema.field(c).type)  # noqa: E731
+    for c in columns:
+        kind = schema.field(c).type.value_type if listed(c) else schema.field(c).type
+        if not pa.types.is_integer(kind):
+            raise ShoalError(f"{where}: column '{c}' holds {schema.field(c).type} values; token columns must be integers (or lists of them)")
+    task = cfg.task if cfg.task != "auto" else "lm" if "labels" not in columns or listed("labels") else "classify"
+    if task == "classify" and "labels" not in columns:
+        raise ShoalError(f"{where}: a classification data set of dicts needs a 'labels' column (or set data.task = 'lm')")
+    source = ParquetSource([Path(cfg.path)], [], "", where)
+    n = source.n_rows
+    n_eval = int(round(n * cfg.eval_fraction))
+    tr, ev = _groups_held_out(source, n_eval, seed) if cfg.lanes else _rows_held_out(n, n_eval, seed)
+    tr, ev = tr[: _limit(len(tr), cfg.limit_train)], ev[: _limit(len(ev), cfg.limit_eval)]
+    first = source._decode(0, ["input_ids"])["input_ids"] if source.groups else []
+    seq_len = max((len(r) for r in first), default=1) if listed("input_ids") else 1
+    scored = "input_ids" if task == "lm" else "labels"
+    known = column_range(source, scored)
+    if known is None:  # no statistics: the column once, a row group at a time, keeping nothing
+        values = [np.concatenate([np.asarray(r).ravel() for r in source._decode(g, [scored])[scored]] or [np.zeros(0)])
+                  for g in range(len(source.groups))]
+        values = np.concatenate(values) if values else np.zeros(0)
+        known = (int(values.min()), int(values.max())) if len(values) else (0, -1)
+    source.stats.groups_read = source.stats.bytes_read = 0  # checks before training, not what training reads
+    source.stats.groups.clear()
+    if known[0] < 0:
+        what = "token ids are 0..vocab-1" if scored == "input_ids" else "labels must be class codes 0..C-1"
+        raise ShoalError(f"{where}: column '{scored}' holds the negative value {known[0]}; {what}")
+    train, eval_ = TokenRows(source, tr, columns, task, seq_len), TokenRows(source, ev, columns, task, seq_len)
+    if len(train) == 0:
+        raise ShoalError(f"data: the training split of '{cfg.path}' is empty; check data.limit_train and data.eval_fraction")
+    spec = DataSpec((seq_len,), known[1] + 1, len(train), len(eval_), task, True)
+    return Splits(train, eval_ if len(eval_) else None, spec)
 
 
 def _load_lm_tensors(cfg: DataConfig, seed: int) -> Splits:
