@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shoal.errors import ShoalError
-from shoal.infer.generate import KVCache, cached_logits, decode, encode, generate, pick
+from shoal.infer.generate import KVCache, cached_logits, decode, encode, generate, pick, run_cached
 from shoal.models.gpt import build_gpt
 
 
@@ -58,3 +58,22 @@ def test_prompts_are_checked_and_round_trip():
         encode("\u2603")
     with pytest.raises(ShoalError, match="at least one token"):
         generate(build_gpt(8, 10, dim=8, layers=1, heads=2), torch.zeros(1, 0, dtype=torch.long), 3, 10)
+
+
+def test_stage_by_stage_cached_generation_equals_recomputing(model):
+    """What --split pp runs with the cache, in one process: three stages ([embeddings, block 0], [block 1, norm],
+    [head]), each with its own cache, the hidden states passed on; the tokens equal recomputing the sequence."""
+    from shoal.parallel.pipeline import StageChain
+
+    chains = [["tok_embeddings", "layers.0"], ["layers.1", "norm"], ["output"]]
+    stages = [StageChain(model, names) for names in chains]
+    caches = [KVCache() for _ in stages]
+    generator = torch.Generator().manual_seed(5)
+    tokens, start = torch.tensor([[4, 8, 15, 16]]), 0
+    for _ in range(30):
+        h = tokens[:, start:]
+        for stage, cache in zip(stages, caches):
+            h = run_cached(stage, stage.names, h, cache, start)
+        start = tokens.shape[1]
+        tokens = torch.cat([tokens, pick(h[:, -1], 50, 1.1, 6, generator)[:, None]], dim=1)
+    assert torch.equal(tokens, generate(model, tokens[:, :4], 30, 50, 1.1, 6, seed=5, cache=False))

@@ -139,6 +139,22 @@ def test_tensor_parallel_generation_from_a_checkpoint_equals_one_process(runs, t
     assert [line["seed"] for line in lines] == [0, 1] and all(line["text"].startswith("ROMEO:") for line in lines)
 
 
+def test_pipeline_generation_with_the_cache_equals_recomputing(runs, tmp_path):
+    """--split pp over 2 stages with the key-value cache (each stage keeps its blocks' keys and values, the new
+    position goes stage to stage): the same tokens as one process recomputing the whole sequence every step."""
+    from shoal.infer.generate import encode, generate
+
+    out = tmp_path / "pp"
+    cli(str(runs["gpt"]), "--out", str(out), "--nproc", "2", "--split", "pp", "--generate", "--prompt", "ROMEO:",
+        "--max-new-tokens", "20", "--samples", "2", "--temperature", "0.9", "--top-k", "8", "--seed", "3")
+    source = resolve(runs["gpt"])
+    model = build(source)
+    expected = [generate(model, encode("ROMEO:"), 20, source.spec.num_classes, 0.9, 8, seed=3 + i, cache=False)[0] for i in range(2)]
+    got = read_outputs(out)["tokens"]
+    assert got.shape == (2, 6 + 20) and (got == torch.stack(expected).numpy()).all()
+    assert json.loads((out / "manifest.json").read_text())["kv_cache"] is True
+
+
 BAD = [
     (["--nproc", "0"], "--nproc"),
     (["--split", "dp"], "--split"),

@@ -72,14 +72,26 @@ def _attend(attn: nn.Module, x: torch.Tensor, cache: KVCache, name: str, start: 
 
 
 @torch.no_grad()
+def run_cached(root: nn.Module, names: list[str], x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    """The gpt's chain `names` (submodules of `root`: the whole model's pipeline_layers, or one pipeline stage's)
+    on positions start.. of `x` (token ids, or the hidden states the stage before sent), keeping each block's keys
+    and values in `cache`. From the final norm on only the last position is computed: it is all generation needs."""
+    for name in names:
+        module = root.get_submodule(name)
+        if name.startswith("layers."):
+            x = x + _attend(module.attention, module.attention_norm(x), cache, name.removeprefix("layers."), start)
+            x = x + module.feed_forward(module.ffn_norm(x))
+        elif name == "norm":
+            x = module(x[:, -1:])
+        else:
+            x = module(x)
+    return x
+
+
+@torch.no_grad()
 def cached_logits(model: nn.Module, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Logits of the last position after feeding `tokens` (the positions after those already in `cache`)."""
-    start = cache.length
-    h = model.tok_embeddings(tokens)
-    for name, block in model.layers.items():
-        h = h + _attend(block.attention, block.attention_norm(h), cache, name, start)
-        h = h + block.feed_forward(block.ffn_norm(h))
-    return model.output(model.norm(h[:, -1:]))[:, -1]
+    return run_cached(model, model.pipeline_layers(), tokens, cache, cache.length)[:, -1]
 
 
 def pick(logits: torch.Tensor, vocab: int, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -125,9 +125,11 @@ def split_worker(job: InferJob) -> dict:
 
 
 def _split_generate(source, job: InferJob) -> dict:
-    """tp: every rank runs the cached generation on its heads (outputs are replicated). pp: the stages recompute
-    the whole sequence each step, right-padded to a fixed length (causal attention never looks right), and the
-    last stage broadcasts the logits so every rank draws the same token."""
+    """tp: every rank runs the cached generation on its heads (outputs are replicated). pp with the cache: each
+    stage keeps the keys and values of its own blocks and the new positions pass stage to stage by send/recv
+    (`pipeline_cached`); without it, the stages recompute the whole sequence each step under the GPipe schedule,
+    right-padded to a fixed length (causal attention never looks right). Either way the last stage's logits
+    decide the token, which every rank then receives, so all ranks extend the same sequence."""
     import torch.distributed as dist
 
     prompt = encode(job.prompt)
@@ -144,16 +146,50 @@ def _split_generate(source, job: InferJob) -> dict:
         return logits
 
     layout_vocab = build_vocab(source)
-    full = pipeline_logits if job.split == "pp" else None
-    model = layout.model
     started = time.perf_counter()
-    rows = [generate(model, prompt, job.max_new_tokens, vocab, job.temperature, job.top_k, job.seed + i,
-                     cache=job.kv_cache and job.split == "tp", full_logits=full)[0] for i in range(job.samples)]
+    if job.split == "pp" and job.kv_cache:
+        rows = [pipeline_cached(layout.modules[0], env.rank, env.world_size, prompt, job.max_new_tokens, vocab, source.cfg.model.dim,
+                                job.temperature, job.top_k, job.seed + i)[0] for i in range(job.samples)]
+    else:
+        full = pipeline_logits if job.split == "pp" else None
+        rows = [generate(layout.model, prompt, job.max_new_tokens, vocab, job.temperature, job.top_k, job.seed + i,
+                         cache=job.kv_cache and job.split == "tp", full_logits=full)[0] for i in range(job.samples)]
     compute_s = time.perf_counter() - started
     if env.rank == 0:
         write_shard(Path(job.staging), 0, {"tokens": torch.stack(rows).numpy()})
     dist.barrier()
     return {"rows": job.samples if env.rank == 0 else 0, "compute_s": compute_s}
+
+
+@torch.no_grad()
+def pipeline_cached(stage, rank: int, stages: int, prompt: torch.Tensor, max_new: int, vocab: int, dim: int,
+                    temperature: float, top_k: int, seed: int) -> torch.Tensor:
+    """Cached generation over pipeline stages (one per rank, in rank order): the same per-layer computation as
+    one process's cached generation (`run_cached`), so the same tokens. Only the last stage draws (from its
+    seeded generator, as one process draws) and broadcasts each token."""
+    import torch.distributed as dist
+
+    from shoal.infer.generate import KVCache, pick, run_cached
+
+    generator = torch.Generator().manual_seed(seed)
+    cache, tokens, start, last = KVCache(), prompt, 0, stages - 1
+    for _ in range(max_new):
+        feed = tokens[:, start:]
+        if rank == 0:
+            h = feed
+        else:  # a stage that holds only the head gets just the last position (the norm before it cut the rest)
+            h = torch.empty(len(feed), 1 if stage.names == ["output"] else feed.shape[1], dim)
+            dist.recv(h, src=rank - 1)
+        h = run_cached(stage, stage.names, h, cache, start)
+        if rank < last:
+            dist.send(h.contiguous(), dst=rank + 1)
+            token = torch.empty(len(feed), dtype=torch.long)
+        else:
+            token = pick(h[:, -1], vocab, temperature, top_k, generator)
+        dist.broadcast(token, src=last)
+        start = tokens.shape[1]
+        tokens = torch.cat([tokens, token[:, None]], dim=1)
+    return tokens
 
 
 def build_vocab(source) -> int:
