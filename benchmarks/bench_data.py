@@ -10,7 +10,7 @@ model, batches and libraries such as pandas, which `all` imports: what is not th
 the last training step (evaluation, on the last 10% of rows, comes after it; its rows count in
 the bytes held). Ratios are against `all` at the same process count.
 
-Bytes read: one epoch on a 200,000-row copy (the same layout) with `data.read` = rank and stream,
+Bytes read: one epoch on a 200,000-row copy (row groups of 4,096 rows: 52 of them) with `data.read` = rank and stream,
 with `data.lanes` = 0 (rows shuffled over the whole file: the baseline) and 8 (each rank reads its
 own lanes' row groups / blocks), on 2 and 4 processes. Per rank: the compressed bytes of the row
 group columns it decoded (the run's "data" record), as a fraction of the file's bytes, and the
@@ -38,9 +38,10 @@ import numpy as np
 ROOT = Path(__file__).parents[1]
 FEATURES = 32
 ROW_GROUP = 16384
+READ_GROUP = 4096  # the bytes-read part: 52 row groups, so 8 lanes over 4 ranks get several each
 
 
-def write_parquet(out: Path, rows: int) -> Path:
+def write_parquet(out: Path, rows: int, row_group: int = ROW_GROUP) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -52,7 +53,7 @@ def write_parquet(out: Path, rows: int) -> Path:
         x = g.standard_normal((len(part), FEATURES)).astype(np.float32)
         y = np.argmax(x @ w, axis=1).astype(np.int64)
         pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(FEATURES)}, "label": y}), out / f"part-{i}.parquet",
-                       row_group_size=ROW_GROUP)
+                       row_group_size=row_group)
         shards.append(f"part-{i}.parquet")
     (out / "manifest.json").write_text(json.dumps({"shards": shards, "features": [f"f{j}" for j in range(FEATURES)], "label": "label"}))
     return out
@@ -104,7 +105,7 @@ def file_bytes(path: Path) -> int:
 
 
 def reads(tmp: Path, rows: int) -> dict:
-    data = write_parquet(tmp / "reads", rows)
+    data = write_parquet(tmp / "reads", rows, READ_GROUP)
     (tmp / "reads.toml").write_text(parquet_job(data, 0))
     out: dict = {"rows": rows, "file_bytes": file_bytes(data), "runs": {}}
     for nproc in (2, 4):
