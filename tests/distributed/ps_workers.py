@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import dp_workers
+import torch
 
 import shoal
 from shoal.config import load_job
@@ -49,3 +50,20 @@ def train_case(spec: dict | str, out: str | None = None, env: dict | None = None
 def run(cases: dict[str, tuple]) -> dict:
     """cases: name -> arguments of train_case."""
     return {name: train_case(*args) for name, args in cases.items()}
+
+
+_trained_calls = 0
+
+
+def nan_once(scores, target, reduction="sum"):
+    """train.loss of the rollback test: cross-entropy, except that with SHOAL_TEST_NAN_AT="RANK:STEP" that rank's
+    STEP-th training forward pass returns NaN, once per process (a transient fault: the replayed step is finite)."""
+    global _trained_calls
+    loss = torch.nn.functional.cross_entropy(scores, target, reduction=reduction)
+    if not torch.is_grad_enabled():  # evaluation
+        return loss
+    _trained_calls += 1
+    rank, _, step = os.environ.get("SHOAL_TEST_NAN_AT", "-1:0").partition(":")
+    if os.environ.get("RANK") == rank and _trained_calls == int(step):
+        return loss * float("nan")
+    return loss

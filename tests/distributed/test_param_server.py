@@ -160,3 +160,20 @@ def test_an_async_run_resumes_from_its_checkpoint_after_a_sigkill(dirs):
     assert train[-1]["comm_rounds"] == 90 and all(0 <= r["staleness_max"] <= 180 for r in train)
     got, want = records(out, "eval")[-1]["accuracy"], records(ref, "eval")[-1]["accuracy"]
     assert got >= 0.8 and abs(got - want) <= 0.05, (got, want)  # measured: 0.883 restarted, 0.880 uninterrupted (~40 s)
+
+
+def test_sync_rollback_after_a_transient_nan_ends_bit_identical(dirs, monkeypatch):
+    """train.on_nonfinite = rollback: worker 1's loss is NaN once, at step 7; the servers get the non-finite mean norm and
+    every worker the same reply, so servers and workers load the step-4 checkpoint together, replay steps 5-14 and end
+    bit-identical (weights and every loss) to the run without the fault."""
+    job = dirs / "rollback.toml"
+    job.write_text(RESTART.replace("[ps]", 'loss = "ps_workers:nan_once"\non_nonfinite = "rollback"\n[ps]'))
+    ref = train_here(job, dirs / "rollback_ref", 3)
+    monkeypatch.setenv("SHOAL_TEST_NAN_AT", "1:7")
+    out = train_here(job, dirs / "rollback", 3)
+    assert [r["step"] for r in records(out, "nonfinite")] == [7] and [r["step"] for r in records(out, "resume")] == [4]
+    a, b = weights(ref), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), max_diff(a, b)
+    assert [r["step"] for r in records(out, "train")] == list(range(1, 15))
+    assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
+    assert records(out, "train")[-1]["ps_updates"] == records(ref, "train")[-1]["ps_updates"]  # the servers' count rolled back too

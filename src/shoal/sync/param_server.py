@@ -53,9 +53,10 @@ class ParamServer(SyncStrategy):
     def __init__(self, ctx: SyncContext):
         super().__init__(ctx)
         cfg = ctx.cfg
-        if cfg.train.on_nonfinite == "rollback":
-            raise ShoalError("train.on_nonfinite = 'rollback' is not available with sync = 'param_server' "
-                             "(the servers hold the state); use 'skip' or 'fail'")
+        if cfg.train.on_nonfinite == "rollback" and cfg.ps.mode != "sync":
+            raise ShoalError(f"train.on_nonfinite = 'rollback' needs ps.mode = 'sync' (in '{cfg.ps.mode}' a non-finite push "
+                             "reaches only its own worker, and the servers' state cannot roll back for one worker); "
+                             "use 'skip' or 'fail', or ps.mode = 'sync'")
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
         self.workers = list(ctx.group.ranks)
         self.servers = list(range(len(self.workers), ctx.env.world_size))

@@ -13,7 +13,9 @@ the workers) and loops until every worker pushed its last step:
 
 Agreement points (every checkpoint step and the last step): no reply goes out until every
 worker pushed that step, so every worker holds the same parameters there; checkpoints are taken
-then, the servers' ranges and optimizer states as shards of the same DCP checkpoint.
+then, the servers' ranges and optimizer states as shards of the same DCP checkpoint. In sync mode a
+non-finite mean gradient reaches every worker, so with train.on_nonfinite = rollback the servers
+and the workers load the newest checkpoint together.
 Staleness of an applied gradient is the server's version when applying it minus the version it
 was computed on (async: in pushes applied; ssp and sync: in clocks).
 """
@@ -30,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shoal.checkpoint import latest_checkpoint
 from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message, trainable, write_values
 
 
@@ -66,6 +69,7 @@ class Server:
         self.pending: dict[int, dict[int, tuple[torch.Tensor | None, int]]] = {}  # ssp: clock -> worker -> (gradient, version)
         self.waiting: dict[int, int] = {}  # worker index -> the step whose reply is withheld
         self.applied = self.stale_sum = self.stale_max = 0
+        self.nonfinite = 0  # sync, on_nonfinite = rollback: steps rolled back so far (the trainers count the same)
         self.every = 0
         self.checkpoints = None
         self.trace = Trace.wanted(index)
@@ -132,7 +136,9 @@ class Server:
 
     # --- sync ---
     def _run_sync(self, first: int) -> None:
-        for step in range(first + 1, self.steps + 1):
+        step = first
+        while step < self.steps:
+            step += 1
             buffers = [message(self.size) for _ in self.workers]
             for work in [dist.irecv(b, src=w, group=self.wire, tag=TAG) for w, b in zip(self.workers, buffers)]:
                 work.wait()
@@ -154,8 +160,23 @@ class Server:
                 self.scheduler.step()
             self.clocks = [step] * len(self.workers)
             self._send_all(list(range(len(self.workers))), norm)
+            if not math.isfinite(norm) and self.cfg.train.on_nonfinite == "rollback":
+                back = self._rollback()
+                if back is None:
+                    return  # the workers stop with the reason (no checkpoint, or too many non-finite steps)
+                step = back
+                continue
             if self._due(step):
                 self._save(step)
+
+    def _rollback(self) -> int | None:
+        """train.on_nonfinite = rollback, as the workers' trainers do it at the same step (every one of them got this
+        non-finite norm): count it, load the newest checkpoint with them (a collective), go on from its step."""
+        self.nonfinite += 1
+        latest = latest_checkpoint(self.checkpoints.root, self.checkpoints.run_id) if self.checkpoints is not None else None
+        if self.nonfinite > self.cfg.train.max_nonfinite or latest is None:
+            return None
+        return self.checkpoints.load(latest, [self.model], self.standin, self.scheduler, {"ps_server": self}).step
 
     # --- async and ssp ---
     def _run_stale(self) -> None:
