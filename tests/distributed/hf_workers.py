@@ -47,6 +47,18 @@ def write_npz(path: str, task: str) -> None:
     np.savez(path, **arrays)
 
 
+def write_parquet(path: str, task: str) -> None:
+    """The npz's arrays as Parquet list columns (one row a sample), which each rank reads per rank."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = token_data()
+    cols = {"input_ids": d["input_ids"].tolist(), "attention_mask": d["attention_mask"].tolist()}
+    if task == "classify":
+        cols["labels"] = d["labels"].tolist()
+    pq.write_table(pa.table(cols), path, row_group_size=8)
+
+
 def hf_model(kind: str):
     import transformers
 
@@ -68,14 +80,14 @@ def samples(kind: str) -> list[dict]:
 def job(kind: str, npz: str, overrides: dict) -> shoal.JobConfig:
     model = {"gpt2": {"name": "hf:gpt2", "kwargs": GPT2}, "llama": {"name": "hf:llama", "kwargs": LLAMA},
              "bert": {"name": "hf:bert", "kwargs": {**BERT, "num_labels": 3}}}[kind]
-    data = {"name": "npz", "path": npz, "eval_fraction": 0.25}
+    data = {"name": "parquet" if npz.endswith(".parquet") else "npz", "path": npz, "eval_fraction": 0.25}
     return shoal.JobConfig.model_validate(merged(COMMON, {"model": model, "data": data}, overrides))
 
 
 def read_run(out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"losses": [r["loss"] for r in records if r["kind"] == "train"], "eval": [r for r in records if r["kind"] == "eval"][-1],
-            "params": torch.load(out / "model.pt")}
+            "params": torch.load(out / "model.pt"), "data": [r for r in records if r["kind"] == "data"]}
 
 
 def run_cases(root: str, cases: list[tuple[str, str, str, dict]]) -> dict | None:
@@ -89,9 +101,9 @@ def run_cases(root: str, cases: list[tuple[str, str, str, dict]]) -> dict | None
             cfg = merged(COMMON, {"data": {"task": "lm" if kind == "gpt2" else "classify"}}, overrides)
             shoal.fit(hf_model(kind), rows[:36], rows[36:], cfg, out=str(out), overwrite=True, show_progress=False, summary=False)
         else:
-            npz = str(Path(root) / f"{kind}.npz")
+            npz = str(Path(root) / f"{kind}.{'parquet' if route == 'pq' else 'npz'}")  # pq: Parquet list columns, read per rank
             if torch.distributed.get_rank() == 0 and not Path(npz).exists():
-                write_npz(npz, "classify" if kind == "bert" else "lm")
+                (write_parquet if route == "pq" else write_npz)(npz, "classify" if kind == "bert" else "lm")
             torch.distributed.barrier()
             overrides = dict(overrides)
             resume_of = overrides.pop("resume_of", None)  # continue that case's run (its checkpoint) under this layout

@@ -36,6 +36,7 @@ CASES_2 += [("job", "llama", n, LAYOUTS_2[n]) for n in ("tp2", "pp2")]  # Llama:
 SAVED = {"parallel": {"tp": 2}, "checkpoint": {"at_end": True}}
 CASES_2 += [("job", "gpt2", "tp2-saved", SAVED), ("job", "gpt2", "fsdp2-resumed", {"parallel": {"fsdp": 2}, "train": {"steps": 5},
                                                                                   "resume_of": "tp2-saved"})]
+CASES_2 += [("pq", k, "dp2", {}) for k in KINDS]  # Parquet list columns, each rank reading its rows: equal to the npz in one process
 LAYOUTS_4 = {"fsdp2-tp2": {"parallel": {"fsdp": 2, "tp": 2}}}
 
 
@@ -75,6 +76,8 @@ def assert_same(run: dict, ref: dict) -> None:
 
 
 def _reference(single, route, kind, name):
+    if route == "pq":
+        return single[("job", kind, "single")]
     if name == "fsdp2-resumed":
         return single[(route, kind, "single-5")]
     if "accum" in name:
@@ -115,3 +118,9 @@ def test_an_automatic_plan_that_changes_the_model_is_refused_with_one_line(two):
     message = two["refused"]
     assert message is not None and "\n" not in message
     assert "automatic tensor-parallel plan for TwoBranches does not reproduce the unsharded model" in message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parquet_token_columns_are_read_per_rank(two, kind):
+    reads = two[("pq", kind, "dp2")]["data"][0]["ranks"]  # the model equals one process: test_two_process_layouts_equal_one_process
+    assert [r["rows_read"] for r in reads] == [18 + 6, 18 + 6], reads  # half of the 36 training rows' epoch, half of the 12 evaluation rows
