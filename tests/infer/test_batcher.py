@@ -61,3 +61,32 @@ def test_a_full_queue_refuses_and_a_retried_batch_goes_to_the_front():
         return taken[0].payload, again[0].payload, await b.take() is not None
 
     assert run(go()) == (0, 0, True)  # after close, what is queued is still handed out
+
+
+def test_a_batch_waits_only_while_requests_are_arriving():
+    """One request queued, another being read: the batch waits for it (not the whole max_wait); with nothing on
+    the way a lone request goes at once."""
+    async def go():
+        b = Batcher(max_batch=8, max_wait_s=5.0, max_queue=10)
+        loop = asyncio.get_running_loop()
+        lone = Work("predict", "lone")
+        task = asyncio.create_task(b.submit(lone))
+        await asyncio.sleep(0)
+        started = loop.time()
+        alone = await b.take()
+        waited_alone = loop.time() - started
+        first, second = Work("predict", "a"), Work("predict", "b")
+        b.arrive()  # "b" is being read and checked
+        tasks = [asyncio.create_task(b.submit(first))]
+        taking = asyncio.create_task(b.take())
+        await asyncio.sleep(0.05)  # the batch holds "a" and waits, for "b" is on its way
+        tasks.append(asyncio.create_task(b.submit(second, arrived=True)))
+        taken = await taking
+        waited = loop.time() - started
+        for w in (lone, first, second):
+            w.future.set_result(None)
+        await asyncio.gather(task, *tasks)
+        return [w.payload for w in alone], waited_alone, [w.payload for w in taken], waited, b.arriving
+
+    alone, waited_alone, taken, waited, arriving = run(go())
+    assert alone == ["lone"] and waited_alone < 1.0 and taken == ["a", "b"] and waited < 1.0 and arriving == 0

@@ -67,17 +67,23 @@ def create_app(service: Service) -> Starlette:
     async def submit(request: Request, endpoint: str, kind: str) -> Response:
         if service.draining:
             return error(503, "shutting down", {"Retry-After": str(RETRY_AFTER_S)})
-        body = await request.body()
-        data = parse_body(body, request.headers.get("content-type", ""), service.limits)
-        if kind == "predict":
-            x = predict_inputs(data, service.limits)
-            if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
-                x = await prepared(x)
-            work = Work("predict", x, len(x["input_ids"]) if isinstance(x, dict) else len(x))
-        else:
-            work = Work("generate", generate_request(data, service.limits))
+        batcher = service.batcher
+        batcher.arrive()  # a batch being formed may wait for this one while it is read and checked
         try:
-            result = await service.batcher.submit(work)
+            body = await request.body()
+            data = parse_body(body, request.headers.get("content-type", ""), service.limits)
+            if kind == "predict":
+                x = predict_inputs(data, service.limits)
+                if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
+                    x = await prepared(x)
+                work = Work("predict", x, len(x["input_ids"]) if isinstance(x, dict) else len(x))
+            else:
+                work = Work("generate", generate_request(data, service.limits))
+        except BaseException:
+            await batcher.leave()
+            raise
+        try:
+            result = await batcher.submit(work, arrived=True)
         except QueueFull:
             service.metrics.rejected.inc()
             return error(503, f"the queue is full ({service.batcher.max_queue} requests); retry later", {"Retry-After": str(RETRY_AFTER_S)})

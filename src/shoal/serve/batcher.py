@@ -1,6 +1,9 @@
 """Dynamic batching with back-pressure: accepted requests wait in a bounded queue, and each free replica takes
-the oldest one plus whatever else arrives within `max_wait_s`, up to `max_batch` samples. A full queue refuses
-at once (the caller answers 503), and a batch whose replica died goes back to the front to be retried."""
+the oldest one plus whatever else is queued, up to `max_batch` samples. It waits for more (at most `max_wait_s`)
+only while requests are arriving: read by the server but not yet checked and queued (`arrive`). A request that
+finds nobody else on the way goes at once, so batching costs a lone request no latency, while requests that
+come together still share a forward pass. A full queue refuses at once (the caller answers 503), and a batch
+whose replica died goes back to the front to be retried."""
 
 from __future__ import annotations
 
@@ -29,17 +32,33 @@ class Batcher:
         self.items: deque[Work] = deque()
         self.cond = asyncio.Condition()
         self.closed = False
+        self.arriving = 0  # requests the server is reading or checking, not yet queued
+
+    def arrive(self) -> None:
+        """A request is on its way in: a batch being formed may wait for it."""
+        self.arriving += 1
+
+    async def leave(self) -> None:
+        """A request that arrived will not be queued (refused, or queued by submit): stop waiting for it."""
+        self.arriving -= 1
+        if not self.arriving:
+            async with self.cond:
+                self.cond.notify_all()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    async def submit(self, work: Work) -> Any:
-        """Queue `work` (or raise QueueFull) and wait for its result."""
+    async def submit(self, work: Work, arrived: bool = False) -> Any:
+        """Queue `work` (or raise QueueFull) and wait for its result; `arrived`: it was counted by `arrive`."""
         if len(self.items) >= self.max_queue:
+            if arrived:
+                await self.leave()
             raise QueueFull
         async with self.cond:
             self.items.append(work)
-            self.cond.notify()
+            if arrived:
+                self.arriving -= 1
+            self.cond.notify_all()
         return await work.future
 
     async def retry(self, batch: list[Work]) -> None:
@@ -72,10 +91,10 @@ class Batcher:
                     size += nxt.size
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0 or self.closed:
+                if remaining <= 0 or self.closed or not self.arriving:
                     break
                 try:
-                    await asyncio.wait_for(self.cond.wait_for(lambda: self.items or self.closed), remaining)
+                    await asyncio.wait_for(self.cond.wait_for(lambda: self.items or self.closed or not self.arriving), remaining)
                 except TimeoutError:
                     break
             return batch

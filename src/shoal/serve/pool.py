@@ -1,6 +1,6 @@
 """The replica processes and the loop that feeds each one batches.
 
-Every replica has a driver task: take a batch, send it, wait for the answer in a thread (the pipe blocks).
+Every replica has a driver task: take a batch, send it, wait on the event loop for the pipe to hold the answer.
 When a replica dies the batch goes back to the front of the queue (another replica, or this one restarted,
 answers it), the driver starts a new process, and the restart is counted: an accepted request is never
 dropped because a replica went away.
@@ -54,10 +54,20 @@ class Replica:
             raise ReplicaFailed(f"replica {self.index} exited while loading the model (exit code {self.process.exitcode})") from None
         self.ready = True
 
-    def roundtrip(self, message) -> dict:
-        """Blocking: one batch to the replica and its answer back."""
+    async def roundtrip(self, message) -> dict:
+        """One batch to the replica and its answer back, on the event loop: the pipe is watched for the answer
+        (or for the end of file a dead replica leaves) instead of a thread blocking on it. Sending does not wait:
+        the replica is waiting in recv for exactly this message."""
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        fd = self.conn.fileno()
         try:
             self.conn.send(message)
+            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
             kind, result = self.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             self.ready = False
@@ -89,8 +99,8 @@ class Pool:
         self.replicas = [Replica(i, source, threads) for i in range(replicas)]
         self.batcher, self.metrics = batcher, metrics
         self.tasks: list[asyncio.Task] = []
-        # each driver blocks a thread on its pipe while its replica works, and a restart blocks one more
-        self.threads = ThreadPoolExecutor(max_workers=2 * replicas + 1, thread_name_prefix="shoal-replica")
+        # starting and stopping replicas block (spawn, wait for the model to load): a thread each
+        self.threads = ThreadPoolExecutor(max_workers=replicas + 1, thread_name_prefix="shoal-replica")
 
     @property
     def ready(self) -> int:
@@ -112,7 +122,6 @@ class Pool:
         self.metrics.replicas_ready.set(0)
 
     async def _drive(self, replica: Replica) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self.batcher.take()
             if batch is None:
@@ -122,7 +131,7 @@ class Pool:
             if not batch:
                 continue
             try:
-                result = await loop.run_in_executor(self.threads, replica.roundtrip, _message(batch))
+                result = await replica.roundtrip(_message(batch))
             except ReplicaFailed as err:
                 await self._recover(replica, batch, err)
                 continue
