@@ -19,7 +19,7 @@ import numpy as np
 
 from shoal.serve.batcher import Batcher, Work
 from shoal.serve.metrics import Metrics
-from shoal.serve.replica import replica_main
+from shoal.serve.replica import pack, replica_main, unpack
 
 log = logging.getLogger("shoal.serve")
 MAX_ATTEMPTS = 3  # a request that has killed this many replicas is answered with an error, not retried forever
@@ -62,13 +62,13 @@ class Replica:
         readable = loop.create_future()
         fd = self.conn.fileno()
         try:
-            self.conn.send(message)
+            self.conn.send_bytes(pack(message))
             loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
             try:
                 await readable
             finally:
                 loop.remove_reader(fd)
-            kind, result = self.conn.recv()
+            kind, result = unpack(self.conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError):
             self.ready = False
             raise ReplicaFailed(f"replica {self.index} (pid {self.process.pid}) died") from None
@@ -78,7 +78,7 @@ class Replica:
         if self.process is None:
             return
         try:
-            self.conn.send(None)
+            self.conn.send_bytes(pack(None))
         except (OSError, BrokenPipeError):
             pass
         self.process.join(timeout)
