@@ -265,12 +265,6 @@ class ParallelConfig(Section):
             raise ValueError("every share must be a positive number (a rank that should get nothing has no place in the job)")
         return shares
 
-    @model_validator(mode="after")
-    def _shares_without_pipeline(self) -> ParallelConfig:
-        if (self.batch_shares or self.balance != "none") and self.pp > 1:
-            raise ValueError("batch_shares and balance need pp = 1: a pipeline fixes its micro-batch shapes at the first step")
-        return self
-
 
 class JobConfig(Section):
     """A whole job. Every field has a default, so an empty file is a valid (tiny) job."""

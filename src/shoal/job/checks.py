@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 
 from shoal.config import JobConfig
-from shoal.data.partition import split_sizes
 from shoal.data.plan import plan_for, total_steps
 from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
 from shoal.launch.nodes import node_counts
 from shoal.plugins import import_plugins
+from shoal.train.balance import in_units
 
 
 def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> ParallelDims:
@@ -25,7 +25,7 @@ def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> P
     dims = world if isinstance(world, ParallelDims) else check_layout(cfg.parallel, world)
     replicas = dims.dp_size  # the batch is dealt over the data-parallel ranks; tp and pp peers share theirs
     if cfg.parallel.batch_shares or cfg.parallel.balance != "none":
-        check_batch_shares(cfg, replicas)  # shares of any size: no divisibility needed
+        check_batch_shares(cfg, dims)  # shares of any size (of pipeline units under pp): no divisibility needed
     elif t.global_batch_size % (replicas * t.grad_accum) and (dims.pp > 1 or cfg.data.partition_scope != "batch"):
         # otherwise the batch is dealt in parts that differ by one sample, and the update is still the exact batch mean
         raise ShoalError(
@@ -42,9 +42,16 @@ def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> P
     return dims
 
 
-def check_batch_shares(cfg: JobConfig, replicas: int) -> None:
-    """parallel.batch_shares / balance: one share per data-parallel rank, each getting samples of every full batch."""
-    p, batch = cfg.parallel, cfg.train.global_batch_size
+def check_batch_shares(cfg: JobConfig, dims: ParallelDims) -> None:
+    """parallel.batch_shares / balance: one share per data-parallel rank, each getting samples of every full batch
+    (under a pipeline: whole units of microbatches x grad_accum, train/balance.py)."""
+    p, batch, replicas = cfg.parallel, cfg.train.global_batch_size, dims.dp_size
+    unit = dims.microbatches * cfg.train.grad_accum if dims.pp > 1 else 1
+    if unit > 1 and (batch % unit or batch // unit < replicas):
+        raise ShoalError(
+            f"parallel.batch_shares / balance with parallel.pp = {dims.pp}: every replica's share is a multiple of "
+            f"parallel.microbatches x train.grad_accum = {unit}, so train.global_batch_size = {batch} "
+            f"must be a multiple of {unit} and at least {unit * replicas} ({replicas} replicas)")
     if cfg.data.partition_scope != "batch":
         raise ShoalError("parallel.batch_shares and parallel.balance need data.partition_scope = 'batch' "
                          "(with 'dataset' each rank keeps a fixed shard, so its share of a batch cannot move)")
@@ -52,7 +59,7 @@ def check_batch_shares(cfg: JobConfig, replicas: int) -> None:
         raise ShoalError(f"parallel.batch_shares has {len(p.batch_shares)} entries; it needs one per data-parallel rank "
                          f"(dp x fsdp = {replicas})")
     if p.batch_shares:
-        sizes = split_sizes(batch, p.batch_shares)
+        sizes = in_units(batch, p.batch_shares, unit)
         if 0 in sizes:
             raise ShoalError(f"parallel.batch_shares = {p.batch_shares} gives data-parallel rank {sizes.index(0)} none of the "
                              f"{batch} samples of a batch ({sizes}); raise its share or train.global_batch_size")
@@ -103,7 +110,7 @@ def check_pipeline_batches(cfg: JobConfig, n_train: int, dims: ParallelDims) -> 
     """A pipeline schedule fixes its micro-batch shapes at the first step: every step must split evenly."""
     micro = dims.microbatches
     local = cfg.train.global_batch_size // dims.dp_size // cfg.train.grad_accum
-    if local % micro:
+    if not (cfg.parallel.batch_shares or cfg.parallel.balance != "none") and local % micro:  # shares: check_batch_shares
         raise ShoalError(
             f"parallel.microbatches = {micro} must divide the per-replica batch global_batch_size / (dp x fsdp) / grad_accum = "
             f"{cfg.train.global_batch_size} / {dims.dp_size} / {cfg.train.grad_accum} = {local}"

@@ -74,7 +74,8 @@ class ModelFlops(Monitor):
         self.hooks = [m.register_forward_pre_hook(self._before_forward) for m in ctx.layout.modules]
 
     def _before_forward(self, module, _args) -> None:
-        if module.training and self.counter is None and self.flops is None and self.step + 1 == COUNTED_STEP:
+        if (module.training and self.counter is None and self.flops is None and self.step + 1 >= COUNTED_STEP
+                and not self.ctx.layout.building):  # a step that builds (a new pipeline schedule): a later one
             self.counter = FlopCounterMode(display=False)
             self.counter.__enter__()
 

@@ -62,8 +62,8 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
     if split is None:
         return Sharded(modules, dims, env, keys)
     micro_loss = MicroLoss()
-    schedule, pipeline_stages = pipeline.build_schedule(stages, len(split.stages), dims, p, env.device, micro_loss)
-    layout = Pipelined(modules, dims, env, keys, schedule, pipeline_stages, micro_loss)
+    layout = Pipelined(modules, dims, env, keys, lambda: pipeline.build_schedule(stages, len(split.stages), dims, p, env.device, micro_loss),
+                       micro_loss)
     layout.info["pipeline"] = {"schedule": p.pp_schedule, "microbatches": dims.microbatches,
                                "stages": split.stages, "predicted_s": split.predicted_s, "imbalance": split.imbalance}
     return layout

@@ -17,7 +17,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from shoal.data.batches import call_model
+from shoal.data.batches import batch_len, call_model
 from shoal.distributed import DistEnv
 from shoal.distributed.mesh import ParallelDims
 from shoal.parallel import gather, hf_pipeline, norm
@@ -29,6 +29,10 @@ def _labels(loss_fn) -> bool:
 
 
 class Layout:
+    # True during a step that builds state of its own (a pipeline schedule's first step infers shapes with
+    # autograd.grad): monitors that trace a step (the mfu FLOP counter) wait for a later one.
+    building = False
+
     def __init__(self, modules: list[nn.Module], dims: ParallelDims, env: DistEnv, key_order: list[str]):
         self.modules, self.dims, self.env, self.key_order = modules, dims, env, key_order
         self.info: dict = {"layout": dims.describe()}
@@ -143,13 +147,35 @@ class Sharded(Layout):
 
 
 class Pipelined(Layout):
-    """Pipeline stages driven by a schedule, which runs forward and backward of all micro-batches itself."""
+    """Pipeline stages driven by a schedule, which runs forward and backward of all micro-batches itself.
 
-    def __init__(self, modules, dims, env, key_order, schedule, stages, micro_loss: MicroLoss):
+    A schedule fixes its micro-batch shapes at its first step (the stages infer them once), so there is one per
+    batch size: batch shares give replicas different sizes, `balance = "speed"` changes them, evaluation pads to
+    its own. Every stage rank of a pipeline sees the same sizes at the same steps, so they switch together.
+    Training and evaluation keep schedules of their own: torch re-infers a schedule's shapes (and exchanges
+    them) whenever it switches between forward-only and forward-backward."""
+
+    KEPT = 6  # schedules kept at once (each holds its stages' receive buffers)
+
+    def __init__(self, modules, dims, env, key_order, make_schedule: Callable[[], tuple], micro_loss: MicroLoss):
         super().__init__(modules, dims, env, key_order)
-        self.schedule, self.stages, self.micro_loss = schedule, stages, micro_loss
-        self.first = any(s.is_first for s in stages)
-        self.last = any(s.is_last for s in stages)
+        self.make_schedule, self.micro_loss = make_schedule, micro_loss
+        self.schedules: dict[tuple[int, bool], tuple] = {}
+        self.unclaimed = make_schedule()  # the first batch size's: no shapes until its first step
+        self.first = any(s.is_first for s in self.unclaimed[1])
+        self.last = any(s.is_last for s in self.unclaimed[1])
+
+    def _schedule(self, batch: int, training: bool):
+        """The (schedule, stages) for training or evaluation batches of `batch` samples, built at first use (then
+        `building` until its first step is over: it infers the stages' shapes)."""
+        key = (batch, training)
+        self.building = key not in self.schedules
+        if self.building:
+            if len(self.schedules) >= self.KEPT:
+                self.schedules.pop(next(iter(self.schedules)))
+            self.schedules[key] = self.unclaimed or self.make_schedule()
+            self.unclaimed = None
+        return self.schedules[key]
 
     @property
     def holds_output(self) -> bool:
@@ -159,7 +185,8 @@ class Pipelined(Layout):
         self.micro_loss.loss_fn, self.micro_loss.scale = loss_fn, scale
         losses: list[torch.Tensor] = []
         args = (hf_pipeline.pack(x),) if self.first else ()  # dict batches enter stage 0 as one tensor
-        self.schedule.step(*args, target=y if self.last else None, losses=losses if self.last else None)
+        self._schedule(batch_len(x), True)[0].step(*args, target=y if self.last else None, losses=losses if self.last else None)
+        self.building = False
         if sync:
             self.settle_grads()
         if not self.last:
@@ -167,12 +194,14 @@ class Pipelined(Layout):
         return float(sum(l.item() for l in losses)) / (self.dims.dp_size * self.dims.tp)
 
     def eval_batch(self, requested: int, train_microbatch: int) -> int:
-        """The schedule's shapes are fixed by the training micro-batches: evaluation runs whole training batches."""
-        return train_microbatch
+        """Whole training batches, rounded to the micro-batch count (shares need not divide it)."""
+        micro = self.dims.microbatches
+        return max(train_microbatch // micro, 1) * micro
 
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         args = (hf_pipeline.pack(x),) if self.first else ()
-        out = self.schedule.eval(*args, target=y if self.last else None)
+        out = self._schedule(batch_len(x), False)[0].eval(*args, target=y if self.last else None)
+        self.building = False
         return out if self.last else None
 
 

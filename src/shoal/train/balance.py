@@ -7,6 +7,8 @@ batch never changes, only who computes them, and the trainer's loss scaling (dp 
 count) keeps the update the exact global-batch mean however a batch is dealt.
 
 - `parallel.batch_shares = [3, 1]`: fixed shares.
+- Under a pipeline (pp > 1) every share is a multiple of microbatches x grad_accum, so each replica's
+  schedule splits it evenly (rounded to that unit, largest remainder); the replica's stages move as one.
 - `parallel.balance = "speed"`: a short probe before the first step (timed forward passes in
   eval mode without gradients: no state changes) sets the starting shares, unless
   `batch_shares` gives them. At every log step each rank's samples and busy CPU seconds of the
@@ -61,6 +63,12 @@ def shares_for(batch: int, speeds: list[float], minimum: int = 1) -> list[int]:
         floored.update(low)
 
 
+def in_units(batch: int, weights: list[float], unit: int) -> list[int]:
+    """Sample counts proportional to `weights` (largest remainder), each a multiple of `unit` (a pipeline replica's
+    micro-batches x grad_accum, so its schedule splits every share evenly), summing to `batch`."""
+    return [k * unit for k in split_sizes(batch // unit, weights)]
+
+
 def moved(old: list[int], new: list[int]) -> float:
     """The fraction of a batch that changes hands between two share lists."""
     return sum(abs(a - b) for a, b in zip(old, new)) / (2 * max(sum(old), 1))
@@ -78,7 +86,8 @@ class Balance:
         self.measure = p.balance == "speed" and self.ranks > 1
         self.active = self.configured or self.measure
         self.threshold = p.balance_threshold
-        self.shares = split_sizes(self.batch, p.batch_shares or [1] * self.ranks)
+        self.unit = dims.microbatches * cfg.train.grad_accum if dims.pp > 1 else 1  # shares a pipeline splits evenly
+        self.shares = in_units(self.batch, p.batch_shares or [1] * self.ranks, self.unit)
         self.speeds = [0.0] * self.ranks  # samples per busy second of each data-parallel rank (0: not measured)
         self.windows = 0  # log windows measured so far
         self.restored = False
@@ -105,15 +114,19 @@ class Balance:
             self._record(step, "resume")
         elif self.measure and not self.configured:
             self.speeds = self._probe(layout, train_set, device, slow_hook)
-            self.shares = shares_for(self.batch, self.speeds) if all(v > 0 for v in self.speeds) else self.shares
+            self.shares = self._shares_for(self.speeds) if all(v > 0 for v in self.speeds) else self.shares
             self._record(step, "probe")
         else:
             self._record(step, "config")
         self._start_window()
 
+    def _shares_for(self, speeds: list[float]) -> list[int]:
+        return [k * self.unit for k in shares_for(self.batch // self.unit, speeds)]
+
     def _probe(self, layout, train_set: Dataset, device: torch.device, slow_hook) -> list[float]:
         """Samples per busy second of timed forward passes on an equal share (eval mode, no gradients, no RNG)."""
-        n = min(-(-self.batch // self.ranks), len(train_set))
+        equal = -(-self.batch // self.ranks)
+        n = max(min(-(-equal // self.unit) * self.unit, len(train_set) // self.unit * self.unit), self.unit)
         x, y = fetch(train_set, np.arange(n))
         x, y = to_device(x, device), y.to(device)  # a dict for transformers-style batches
         layout.train(False)
@@ -151,7 +164,7 @@ class Balance:
         self.windows += 1
         if not all(v > 0 for v in self.speeds):
             return
-        target = shares_for(self.batch, self.speeds)
+        target = self._shares_for(self.speeds)
         if moved(self.shares, target) > self.threshold:
             self.shares = target
             self._record(step, "measured")

@@ -1,0 +1,84 @@
+"""Batch shares under a pipeline: with pp = 2 x dp = 2 (4 processes) each replica's two stages move as one, and
+fixed shares, and shares moving with measured speed, equal single-process training on the union batch within
+1e-5. Every share is a multiple of microbatches x grad_accum (here 4), so each replica's schedule splits it evenly;
+a schedule per batch size (parallel/layout.py, Pipelined) lets the sizes differ between replicas and change."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import share_workers as sw
+
+from shoal.data import load
+from shoal.distributed import shutdown
+from shoal.launch.local import launch_local
+from shoal.models import build_model
+
+pytestmark = pytest.mark.dist
+EXACT = 1e-5
+ADAMW = {"name": "adamw", "lr": 0.01}
+CASES = {  # 300 digits, batches of 64, the short last one dropped (a pipeline splits every batch alike)
+    "pp-shares-3-1": {"parallel": {"pp": 2, "batch_shares": [3, 1]}, "data": {"drop_last": True}, "optimizer": ADAMW},
+    # replica 1 (ranks 1 and 3: rank = pp x 2 + dp) throttled to half speed; from 1:3 the shares move towards 2:1
+    "pp-speed-moving": {"parallel": {"pp": 2, "balance": "speed", "batch_shares": [1, 3], "balance_threshold": 0.0},
+                        "data": {"drop_last": True, "partition": "random"}, "optimizer": ADAMW},
+}
+
+
+def single_cases() -> list[tuple[str, dict]]:
+    return [(name, {k: v for k, v in case.items() if k != "parallel"}) for name, case in CASES.items()]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    try:
+        return sw.run_cases(str(tmp_path_factory.mktemp("single")), single_cases())
+    finally:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    throttle = {"SHOAL_TEST_SLOW_FACTOR": "1:2.0,3:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"}
+    saved = {k: os.environ.get(k) for k in throttle}
+    os.environ.update(throttle)
+    try:
+        return launch_local(sw.run_cases, (str(tmp_path_factory.mktemp("four")), list(CASES.items())), nproc=4)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def initial_params(name: str) -> dict:
+    cfg = sw.config(CASES[name])
+    splits = load(cfg.data, cfg.seed)
+    return build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed).state_dict()
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pipeline_shares_equal_one_process(single, four, name):
+    assert max_diff(four[0][name]["params"], single[name]["params"]) < EXACT
+    assert max_diff(single[name]["params"], initial_params(name)) > 1e-2  # the weights really moved
+
+
+def test_each_replica_computes_its_fixed_share_with_both_stages(four):
+    per_rank = [four[r]["pp-shares-3-1"]["samples"] for r in range(4)]
+    assert all(s == [48] * len(per_rank[0]) for s in (per_rank[0], per_rank[2]))  # replica 0: stages 0 and 1
+    assert all(s == [16] * len(per_rank[0]) for s in (per_rank[1], per_rank[3]))  # replica 1
+
+
+def test_measured_pipeline_shares_move_in_whole_units(four):
+    records = four[0]["pp-speed-moving"]["balance"]
+    assert records[0]["reason"] == "config" and records[0]["shares"] == [16, 48]
+    assert any(r["reason"] == "measured" for r in records), records
+    assert records[-1]["shares"][0] > records[-1]["shares"][1]  # towards the throttle's 2:1
+    assert all(s % 4 == 0 for r in records for s in r["shares"])  # microbatches (2 x pp) x grad_accum
+    samples = [four[r]["pp-speed-moving"]["samples"] for r in range(4)]
+    assert samples[0] == samples[2] and samples[1] == samples[3]  # a replica's stages move as one
+    assert len(set(zip(samples[0], samples[1]))) >= 2  # the replicas really computed the changing shares
