@@ -177,3 +177,47 @@ def test_sync_rollback_after_a_transient_nan_ends_bit_identical(dirs, monkeypatc
     assert [r["step"] for r in records(out, "train")] == list(range(1, 15))
     assert [r["loss"] for r in records(ref, "train")] == [r["loss"] for r in records(out, "train")]
     assert records(out, "train")[-1]["ps_updates"] == records(ref, "train")[-1]["ps_updates"]  # the servers' count rolled back too
+
+
+REJOIN = 'sync = "param_server"\n' + digits_mlp("ps-rejoin", """
+[optimizer]
+name = "sgd"
+lr = 0.05
+momentum = 0.9
+[train]
+global_batch_size = 36  # 12 per worker; shoal train's preflight divides it by all 4 processes
+epochs = 3
+log_every = 1
+[ps]
+servers = 1
+mode = "async"
+rejoin = true
+[checkpoint]
+at_end = false
+max_restarts = 1
+""", seed=3).replace("hidden = [16]", "hidden = [32]").replace("limit_train = 300", "limit_train = 0")
+
+
+@pytest.mark.slow
+def test_a_killed_async_worker_leaves_the_others_training_and_rejoins(dirs):
+    """ps.rejoin: worker rank 2 of 3 is SIGKILLed after its step 20 and stays away 1.5 s. Worker 0 keeps stepping without
+    it (its records go on, the server counting 2 workers), the killed worker rejoins with the current parameters and goes
+    on from step 21; the run ends with all 3 (the last step is an agreement point), every one of the 3 x 120 pushes
+    applied exactly once (the server refuses a repeated or skipped step), and digits learned (measured: 0.905)."""
+    job = dirs / "rejoin.toml"
+    job.write_text(REJOIN)
+    out = dirs / "rejoin"
+    run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": "2:20", "SHOAL_TEST_REJOIN_DELAY_S": "1.5"})
+    said = run.stderr
+    assert "worker rank 2: its training process was killed by SIGKILL; the other workers go on" in said, said[-2000:]
+    assert "parameter server: worker rank 2 left after pushing step 20" in said
+    assert "worker rank 2 rejoined (incarnation 1)" in said and "it goes on from step 21" in said
+    assert "Traceback" not in said and not records(out, "resume")  # nobody else restarted
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 121))
+    joined = next(i for i, r in enumerate(train) if r["ps_workers"] == 3)  # (at the start, links are made one by one)
+    alone = [r for r in train[joined:] if r["ps_workers"] == 2]  # while worker 2 was away
+    assert len(alone) >= 20 and alone[-1]["unix_time"] - alone[0]["unix_time"] > 0.1, [r["ps_workers"] for r in train]
+    assert all(b["ps_updates"] > a["ps_updates"] for a, b in zip(alone, alone[1:]))  # the server applied worker 0's pushes
+    assert train[-1]["ps_workers"] == 3 and train[-1]["ps_updates"] == 3 * 120
+    assert records(out, "eval")[-1]["accuracy"] >= 0.85, records(out, "eval")[-1]

@@ -4,6 +4,8 @@
     wrap(model, sample)                 once, before training (e.g. DDP around a replica); sample: one micro-batch
     attach(layout, optimizer, score)    once, after the optimizer is built (local updates keep per-rank state);
                                         score(n): this replica's accuracy on n evaluation samples (None: no eval set)
+    run_training(fit)                   once: runs the loop, `fit(0)` (ps.rejoin: in a child that rejoins when it dies)
+    first_step()                        steps done before the loop starts without a checkpoint (0; a rejoining worker's)
     loss_scale(mine, total)             every step: the factor of this rank's loss sum (global mean by default)
     forward/backward per micro-batch    the layout defers gradient reduction to the last one
     after_backward(layout)              gradients are complete on this rank
@@ -84,6 +86,15 @@ class SyncStrategy:
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         """A whole replica (plain data parallel); model-parallel layouts are built by `parallel.build`."""
         return model.to(self.ctx.env.device)
+
+    def run_training(self, fit: Callable[[int], Any]) -> Any:
+        """How the trainer's loop runs: `fit(0)` here; a strategy may run it elsewhere (ps.rejoin: in a child process
+        forked again, `fit(k)`, when it dies)."""
+        return fit(0)
+
+    def first_step(self) -> int:
+        """Steps already done when the loop starts without a checkpoint (a rejoining parameter-server worker's)."""
+        return 0
 
     def after_backward(self, layout) -> None:
         pass

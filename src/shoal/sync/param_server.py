@@ -16,6 +16,7 @@ checkpoint step and at the last step (the servers withhold replies until all pus
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -23,10 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shoal.data import plan_for
 from shoal.distributed.collectives import TrainingGroup
 from shoal.errors import ShoalError
-from shoal.sync import ps_server
+from shoal.sync import ps_link, ps_server
 from shoal.sync.base import SYNC, SyncContext, SyncStrategy
+from shoal.sync.ps_rejoin import WorkerShare, portable, supervise
 from shoal.sync.ps_wire import TAG, Shards, body, flat_grad, header, message, trainable, write_values
 
 
@@ -47,6 +50,8 @@ class ParamServer(SyncStrategy):
             raise ShoalError(f"sync = 'param_server' with ps.servers = {servers} needs more than {servers} processes "
                              f"(here {world}): the ranks after the workers are servers, and at least one must train")
         workers = tuple(range(world - servers))
+        if cfg.ps.rejoin:  # no worker ever waits for another: each one's records and evaluation are its own
+            return TrainingGroup(None, 0 if rank in workers else -1, 1, (rank,) if rank in workers else ())
         group = dist.new_group(list(workers))
         return TrainingGroup(group, rank if rank < len(workers) else -1, len(workers), workers)
 
@@ -57,8 +62,11 @@ class ParamServer(SyncStrategy):
             raise ShoalError(f"train.on_nonfinite = 'rollback' needs ps.mode = 'sync' (in '{cfg.ps.mode}' a non-finite push "
                              "reaches only its own worker, and the servers' state cannot roll back for one worker); "
                              "use 'skip' or 'fail', or ps.mode = 'sync'")
+        self.rejoin = cfg.ps.rejoin
+        if self.rejoin:
+            _check_rejoin(cfg)
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
-        self.workers = list(ctx.group.ranks)
+        self.workers = list(range(ctx.env.world_size - cfg.ps.servers))
         self.servers = list(range(len(self.workers), ctx.env.world_size))
         self.trains = ctx.env.rank in self.workers
         gloo = dist.get_backend() == "gloo"  # messages travel from CPU memory: over gloo, whatever the job's backend
@@ -73,24 +81,37 @@ class ParamServer(SyncStrategy):
         self.rounds = self.bytes_total = self.window_bytes = self.window_steps = 0
         self.pending: list[dict] = []
         self.optimizer: torch.optim.Optimizer | None = None
+        self.model: nn.Module | None = None
+        self.link = None  # ps.rejoin: this incarnation's link to the server (ps_link.py)
+        self.start = 0  # ps.rejoin: steps this worker had pushed when this incarnation joined
+        self.present = len(self.workers)  # ps.rejoin: workers connected at the last reply
+
+    def batch_plan(self, n_samples: int, dataset):
+        plan = super().batch_plan(n_samples, dataset)
+        if not self.rejoin:
+            return plan
+        whole = plan_for(self.ctx.cfg, n_samples, len(self.workers), dataset)  # dealt over the workers, as without rejoin
+        return WorkerShare(whole, self.ctx.env.rank if self.trains else 0)
 
     # --- servers ---
     def serve(self, model: nn.Module, train_set, checkpoints, resume_from, make_optimizer, make_scheduler) -> tuple[int, float]:
         """A server rank's whole run (instead of the trainer); returns (steps, wall seconds)."""
         steps = self.total_steps(self.batch_plan(len(train_set), train_set))
         index = self.servers.index(self.ctx.env.rank)
-        wall = ps_server.run(self.ctx, index, self.servers, Shards.of(model, len(self.servers)), model, steps,
+        wall = ps_server.run(self.ctx, index, self.workers, Shards.of(model, len(self.servers)), model, steps,
                              make_optimizer, make_scheduler, self.server_group, self.wire, checkpoints, resume_from)
         return steps, wall
 
     # --- workers ---
     def wrap(self, model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
         model = model.to(self.ctx.env.device)
+        self.model = model
         self.params = trainable(model)
         self.shards = Shards.of(model, len(self.servers))
         if self.shards.total < len(self.servers):
             raise ShoalError(f"ps.servers = {len(self.servers)} is more than the model's {self.shards.total} trainable values")
-        self._pull()  # every worker starts from the servers' parameters
+        if not self.rejoin:  # (with ps.rejoin the training child pulls them over its own link: `_join`)
+            self._pull()  # every worker starts from the servers' parameters
         self.pending.append({"kind": "ps", "mode": self.mode, **({"staleness": self.bound} if self.mode == "ssp" else {}),
                              "workers": self.workers, "servers": self.servers, "shards": self.shards.describe(self.servers),
                              "message": f"parameter server ({self.mode}): workers {self.workers}, servers {self.servers}, "
@@ -99,6 +120,25 @@ class ParamServer(SyncStrategy):
 
     def attach(self, layout, optimizer: torch.optim.Optimizer, score=None) -> None:
         self.optimizer = optimizer
+
+    def run_training(self, fit):
+        """ps.rejoin: the training loop in a child process that rejoins when it dies (ps_rejoin.py)."""
+        if not self.rejoin:
+            return fit(0)
+        result = supervise(self.ctx.env.rank, self.ctx.cfg.checkpoint.max_restarts, self._join, fit, portable)
+        self.model.load_state_dict(result.model)  # what the child trained, into this process's model (saved as model.pt)
+        return dataclasses.replace(result, model=self.model)
+
+    def _join(self, incarnation: int) -> None:
+        """In the training child: announce this incarnation, make its link, pull the current parameters."""
+        store = ps_link.job_store(self.ctx.cfg.dist.timeout_s)
+        ps_link.announce(store, self.ctx.env.rank, incarnation)
+        self.link = ps_link.connect(store, self.ctx.env.rank, incarnation, ps_link.WORKER, self.ctx.cfg.dist.timeout_s)
+        self._pull()
+        self.clock = self.rounds = self.start
+
+    def first_step(self) -> int:
+        return self.start
 
     def grad_norm(self, layout, max_norm: float) -> float:
         """One round: push this worker's gradient, pull the fresh parameters. sync: the norm of the mean gradient
@@ -112,7 +152,10 @@ class ParamServer(SyncStrategy):
             push = message(hi - lo)
             header(push)[:3] = torch.tensor([self.clock, self.versions[j], own], dtype=torch.float64)
             body(push).copy_(grad[lo:hi])
-            sends.append(dist.isend(push, dst=dst, group=self.wire, tag=TAG))
+            if self.link is not None:
+                sends.append(self.link.send([push], ps_link.SERVER, TAG))
+            else:
+                sends.append(dist.isend(push, dst=dst, group=self.wire, tag=TAG))
             self._count(push)
         norm = self._pull()
         for work in sends:
@@ -123,12 +166,17 @@ class ParamServer(SyncStrategy):
     def _pull(self) -> float:
         """Receive every server's reply; write the parameters in. Returns the norm the servers replied."""
         replies = [message(self.shards.size(j)) for j in range(len(self.servers))]
-        for work in [dist.irecv(r, src=src, group=self.wire, tag=TAG) for src, r in zip(self.servers, replies)]:
-            work.wait()
+        if self.link is not None:
+            self.link.recv(replies, ps_link.SERVER, TAG).wait()
+        else:
+            for work in [dist.irecv(r, src=src, group=self.wire, tag=TAG) for src, r in zip(self.servers, replies)]:
+                work.wait()
         for j, r in enumerate(replies):
             h = header(r)
             self.versions[j] = int(h[0])
             self.seen[j] = (int(h[3]), int(h[4]), int(h[5]))
+            if self.link is not None:
+                self.start, self.present = (int(h[6]), int(h[7])) if not self.clock else (self.start, int(h[7]))
             if self.clock:
                 self._count(r)
         write_values(self.params, torch.cat([body(r) for r in replies]))
@@ -155,7 +203,8 @@ class ParamServer(SyncStrategy):
         new = applied - self.logged[0]
         out = {"comm_bytes": self.window_bytes / max(self.window_steps, 1), "comm_rounds": self.rounds,
                "comm_bytes_total": self.bytes_total, "staleness_max": max(s[2] for s in self.seen),
-               "staleness_mean": (total - self.logged[1]) / new if new else 0.0, "ps_updates": self.seen[0][0]}
+               "staleness_mean": (total - self.logged[1]) / new if new else 0.0, "ps_updates": self.seen[0][0],
+               **({"ps_workers": self.present} if self.rejoin else {})}
         self.logged = (applied, total)
         self.window_steps = self.window_bytes = 0
         return out
@@ -171,3 +220,20 @@ class ParamServer(SyncStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.versions, self.seen, self.logged = list(state["versions"]), [tuple(s) for s in state["seen"]], tuple(state["logged"])
         self.clock, self.rounds, self.bytes_total = state["clock"], state["rounds"], state["bytes_total"]
+
+
+def _check_rejoin(cfg) -> None:
+    """ps.rejoin covers async with one server and no checkpoints (a checkpoint is a collective of every rank, which a
+    dead worker breaks, and a training child cannot use the job's process groups: their threads stay in the parent);
+    anything else is refused in one line."""
+    why = []
+    if cfg.ps.mode != "async":
+        why.append(f"ps.mode = 'async' (here '{cfg.ps.mode}')")
+    if cfg.ps.servers != 1:
+        why.append(f"ps.servers = 1 (here {cfg.ps.servers})")
+    if cfg.checkpoint.every or cfg.checkpoint.at_end:
+        why.append("checkpoint.every = 0 and checkpoint.at_end = false")
+    if cfg.data_read() in ("rank", "stream"):
+        why.append(f"data.read = 'all' (here '{cfg.data_read()}')")
+    if why:
+        raise ShoalError("ps.rejoin = true needs " + ", ".join(why) + "; set them, or ps.rejoin = false")

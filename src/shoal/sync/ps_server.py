@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +36,8 @@ import torch.distributed as dist
 from torch import nn
 
 from shoal.checkpoint import latest_checkpoint
+from shoal.errors import ShoalError
+from shoal.sync import ps_link
 from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message, trainable, write_values
 
 
@@ -70,6 +75,9 @@ class Server:
         self.waiting: dict[int, int] = {}  # worker index -> the step whose reply is withheld
         self.applied = self.stale_sum = self.stale_max = 0
         self.nonfinite = 0  # sync, on_nonfinite = rollback: steps rolled back so far (the trainers count the same)
+        self.rejoin = cfg.ps.rejoin
+        self.links: dict[int, dist.ProcessGroup] = {}  # ps.rejoin: worker index -> its current link (ps_link.py)
+        self.timeout_s = cfg.dist.timeout_s
         self.every = 0
         self.checkpoints = None
         self.trace = Trace.wanted(index)
@@ -90,13 +98,16 @@ class Server:
 
     def serve(self, checkpoints, resume_from) -> int:
         """Send the initial range to every worker, continue from a checkpoint if given, answer pushes to the end."""
-        self._send_all(list(range(len(self.workers))), norm=0.0)  # the workers start from the servers' parameters
+        if not self.rejoin:  # (with ps.rejoin each worker gets them when its link is made)
+            self._send_all(list(range(len(self.workers))), norm=0.0)  # the workers start from the servers' parameters
         self.checkpoints = checkpoints
         self.every = self.cfg.checkpoint.every if checkpoints is not None else 0
         first = 0
         if resume_from is not None:
             first = checkpoints.load(resume_from, [self.model], self.standin, self.scheduler, {"ps_server": self}).step
-        if self.mode == "sync":
+        if self.rejoin:
+            self._run_rejoin()
+        elif self.mode == "sync":
             self._run_sync(first)
         else:
             self._run_stale()
@@ -200,6 +211,76 @@ class Server:
             self.waiting[w] = step
             self._release()
 
+    def _push(self, w: int, buffer: torch.Tensor) -> None:
+        """async: apply worker w's push on arrival; its reply waits in `waiting` for _release."""
+        h = header(buffer)
+        step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
+        self.clocks[w] = step
+        self._stale(self.version - computed_on)
+        if math.isfinite(norm):  # a non-finite push is dropped
+            self._apply(body(buffer).clone())
+        while self.scheduler.last_epoch < min(self.clocks):  # the schedule follows the slowest worker
+            self.scheduler.step()
+        self.waiting[w] = step
+
+    # --- ps.rejoin (async): every worker on a link of its own; a lost link is that worker leaving ---
+    def _run_rejoin(self) -> None:
+        """Pushes, arrivals and departures come from one watcher thread per worker, in the order they happened there.
+        A worker that left keeps its clock: the last step is an agreement point, so the run ends only once its next
+        incarnation has pushed every step it had not (each step's push is applied exactly once: checked)."""
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        for w in range(len(self.workers)):
+            threading.Thread(target=self._watch, args=(w, events, stop), daemon=True, name=f"shoal-ps-link{w}").start()
+        try:
+            while min(self.clocks) < self.steps or self.waiting:
+                kind, w, value = events.get()
+                if kind == "joined":
+                    self.links[w], incarnation = value
+                    self._send_all([w], 0.0)  # the current parameters, and how many steps this worker pushed
+                    if incarnation:
+                        print(f"parameter server: worker rank {self.workers[w]} rejoined (incarnation {incarnation}) with the "
+                              f"parameters of update {self.version}; it goes on from step {self.clocks[w] + 1}",
+                              file=sys.stderr, flush=True)
+                elif kind == "left":
+                    if self.links.pop(w, None) is not None and self.clocks[w] < self.steps:
+                        self.waiting.pop(w, None)
+                        print(f"parameter server: worker rank {self.workers[w]} left after pushing step {self.clocks[w]}; "
+                              f"the other workers go on, it rejoins when started again", file=sys.stderr, flush=True)
+                else:
+                    step = int(header(value)[0])
+                    if step != self.clocks[w] + 1:
+                        raise ShoalError(f"parameter server: worker rank {self.workers[w]} pushed step {step} after step "
+                                         f"{self.clocks[w]}; refusing it rather than applying a step twice or skipping one")
+                    self._push(w, value)
+                    self._release()
+        finally:
+            stop.set()
+
+    def _watch(self, w: int, events: queue.Queue, stop: threading.Event) -> None:
+        """One worker's links, one incarnation after another: connect when it announces itself, then pass on its pushes
+        until the link breaks (its process died, or it finished)."""
+        store, seen = ps_link.job_store(self.timeout_s), -1
+        while not stop.is_set():
+            incarnation = ps_link.announced(store, w)
+            if incarnation <= seen:
+                time.sleep(0.02)
+                continue
+            seen = incarnation
+            try:
+                link = ps_link.connect(store, w, incarnation, ps_link.SERVER, self.timeout_s)
+            except RuntimeError:  # it died before both ends met: wait for the next one
+                continue
+            events.put(("joined", w, (link, incarnation)))
+            while True:
+                buffer = message(self.size)
+                try:
+                    link.recv([buffer], ps_link.WORKER, TAG).wait()
+                except RuntimeError:
+                    events.put(("left", w, None))
+                    break
+                events.put(("push", w, buffer))
+
     def _complete_clocks(self) -> None:
         while len(self.pending.get(self.completed + 1, {})) == len(self.workers):
             pushes = self.pending.pop(self.completed + 1)
@@ -251,6 +332,15 @@ class Server:
         h[0], h[1], h[2] = self.version, self.completed if self.mode == "ssp" else self.version, norm
         h[3], h[4], h[5] = self.applied, self.stale_sum, self.stale_max
         body(reply).copy_(self.module.flat.detach())
+        if self.rejoin:
+            h[7] = len(self.links)
+            for w in indices:
+                h[6] = self.clocks[w]
+                try:
+                    self.links[w].send([reply], ps_link.WORKER, TAG).wait()
+                except (KeyError, RuntimeError):  # it left meanwhile: its watcher says so
+                    pass
+            return
         for work in [dist.isend(reply, dst=self.workers[w], group=self.wire, tag=TAG) for w in indices]:
             work.wait()
 
@@ -276,10 +366,10 @@ class Trace:
         torch.save(self.points, self.path)
 
 
-def run(ctx, index: int, servers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
+def run(ctx, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
         server_group, wire, checkpoints, resume_from) -> float:
     """The whole life of a server rank; returns its wall time."""
     start = time.perf_counter()
-    server = Server(ctx.cfg, index, list(ctx.group.ranks), shards, model, steps, make_optimizer, make_scheduler, server_group, wire)
+    server = Server(ctx.cfg, index, workers, shards, model, steps, make_optimizer, make_scheduler, server_group, wire)
     server.serve(checkpoints, resume_from)
     return time.perf_counter() - start

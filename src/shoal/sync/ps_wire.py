@@ -6,9 +6,11 @@ Every message is one float32 tensor: a header of HEADER floats (read as HEADER /
 slots, so step numbers and versions stay exact) followed by one server's range of values.
 
   push (worker -> server):  [step, version the gradient was computed on, the worker's own gradient norm] + gradient range
-  reply (server -> worker): [version, completed clocks, norm, updates applied, staleness sum, staleness max] + parameter range
+  reply (server -> worker): [version, completed clocks, norm, updates applied, staleness sum, staleness max,
+                             steps this worker pushed, workers connected (ps.rejoin)] + parameter range
 
-All of it goes through torch.distributed point-to-point (isend/irecv/recv on gloo), tag TAG.
+All of it goes through torch.distributed point-to-point (isend/irecv/recv on gloo), tag TAG: on the job's groups, or
+with ps.rejoin on each worker's own link (ps_link.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-HEADER = 12  # float32 slots; viewed as 6 float64
+HEADER = 16  # float32 slots; viewed as 8 float64
 TAG = 7311  # every parameter-server message, apart from anything else on the default group
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,8 +297,19 @@ class Trainer:
         return result
 
     def fit(self) -> FitResult:
+        """The loop, run as the sync strategy says (a parameter server's rejoinable workers: in a child process)."""
+        return self.sync.run_training(self._fit)
+
+    def _fit(self, incarnation: int = 0) -> FitResult:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
-        first = self.resume() if self.resume_from is not None else 0
+        if incarnation:
+            self.kill_test_hook = None  # test faults fire in the first incarnation only
+        first = self.resume() if self.resume_from is not None else self.sync.first_step()
+        if first and self.resume_from is None:  # a worker that rejoined: its schedule stands where its steps stand
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                for _ in range(first):
+                    self.scheduler.step()
         self.log_events(first)  # choices made while building (comm.compression = auto)
         every = self.cfg.checkpoint.every if self.checkpoints is not None else 0
         self.layout.train()
