@@ -113,6 +113,7 @@ def test_generation_and_bad_named_arrays_are_refused_with_one_line(hf, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_the_service_answers_an_hf_model_as_one_process(hf):
     z = np.load(hf["tmp"] / "new.npz")
     expected = reference(hf["gpt2"], hf["tmp"] / "new.npz")
