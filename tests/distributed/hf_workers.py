@@ -39,11 +39,14 @@ def token_data(seed: int = 0) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "labels": (ids[:, 1] % 3).astype(np.int64)}
 
 
-def write_npz(path: str, task: str) -> None:
+def write_npz(path: str, task: str, token_types: bool = False) -> None:
+    """token_types: BERT's sentence pairs, the second segment (token_type_ids 1) from a row's middle on."""
     d = token_data()
     arrays = {"input_ids": d["input_ids"], "attention_mask": d["attention_mask"]}
     if task == "classify":
         arrays["labels"] = d["labels"]
+    if token_types:
+        arrays["token_type_ids"] = (np.arange(SEQ)[None] >= SEQ // 2 + np.arange(N)[:, None] % 2) * d["attention_mask"]
     np.savez(path, **arrays)
 
 
@@ -101,9 +104,14 @@ def run_cases(root: str, cases: list[tuple[str, str, str, dict]]) -> dict | None
             cfg = merged(COMMON, {"data": {"task": "lm" if kind == "gpt2" else "classify"}}, overrides)
             shoal.fit(hf_model(kind), rows[:36], rows[36:], cfg, out=str(out), overwrite=True, show_progress=False, summary=False)
         else:
-            npz = str(Path(root) / f"{kind}.{'parquet' if route == 'pq' else 'npz'}")  # pq: Parquet list columns, read per rank
+            # pq: Parquet list columns, read per rank; tt: the npz with token_type_ids
+            npz = str(Path(root) / {"pq": f"{kind}.parquet", "tt": f"{kind}-tt.npz"}.get(route, f"{kind}.npz"))
             if torch.distributed.get_rank() == 0 and not Path(npz).exists():
-                (write_parquet if route == "pq" else write_npz)(npz, "classify" if kind == "bert" else "lm")
+                task = "classify" if kind == "bert" else "lm"
+                if route == "pq":
+                    write_parquet(npz, task)
+                else:
+                    write_npz(npz, task, token_types=route == "tt")
             torch.distributed.barrier()
             overrides = dict(overrides)
             resume_of = overrides.pop("resume_of", None)  # continue that case's run (its checkpoint) under this layout

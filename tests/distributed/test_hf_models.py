@@ -37,6 +37,7 @@ SAVED = {"parallel": {"tp": 2}, "checkpoint": {"at_end": True}}
 CASES_2 += [("job", "gpt2", "tp2-saved", SAVED), ("job", "gpt2", "fsdp2-resumed", {"parallel": {"fsdp": 2}, "train": {"steps": 5},
                                                                                   "resume_of": "tp2-saved"})]
 CASES_2 += [("pq", k, "dp2", {}) for k in KINDS]  # Parquet list columns, each rank reading its rows: equal to the npz in one process
+CASES_2 += [("tt", "bert", "pp2", LAYOUTS_2["pp2"])]  # BERT sentence pairs (token_type_ids) through the pipeline's stage 0
 LAYOUTS_4 = {"fsdp2-tp2": {"parallel": {"fsdp": 2, "tp": 2}}}
 
 
@@ -47,7 +48,7 @@ def single(tmp_path_factory):
         cases = [(r, k, "single", {}) for r in ROUTES for k in KINDS]
         cases += [("job", k, "single-accum", {"train": {"grad_accum": 2}}) for k in KINDS]
         cases += [("job", "gpt2", "single-untied", UNTIED), ("job", "llama", "single", {})]
-        cases += [("job", "gpt2", "single-5", {"train": {"steps": 5}})]
+        cases += [("job", "gpt2", "single-5", {"train": {"steps": 5}}), ("tt", "bert", "single", {})]
         return hw.run_cases(str(root), cases)
     finally:
         shutdown()
@@ -89,6 +90,13 @@ def _reference(single, route, kind, name):
 def test_two_process_layouts_equal_one_process(two, single, case):
     route, kind, name = case
     assert_same(two[case], _reference(single, route, kind, name))
+
+
+def test_token_type_ids_reach_the_model(single):
+    """They change the run, so a pipeline that dropped them would not equal one process (tt-bert-pp2 above)."""
+    key = "bert.embeddings.token_type_embeddings.weight"  # its row 1 learns only from tokens of type 1
+    with_types, without = single[("tt", "bert", "single")]["params"][key], single[("job", "bert", "single")]["params"][key]
+    assert (with_types - without).abs().max().item() > 10 * EXACT
 
 
 @pytest.mark.parametrize("kind", KINDS)

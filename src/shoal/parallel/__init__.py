@@ -46,7 +46,7 @@ def build(model: nn.Module, env: DistEnv, cfg: JobConfig, dims: ParallelDims, sa
         return Replicated([wrap(model, sample if isinstance(sample, torch.Tensor) else None)], dims, env, keys)  # dict batches: no probe
     if dims.pp > 1 and getattr(cfg.train, "loss", "auto") == "model":
         raise ShoalError("train.loss = 'model' needs the whole model's output; with parallel.pp > 1 use train.loss = 'lm' or 'cross_entropy'")
-    staged = hf_pipeline.pack(sample) if dims.pp > 1 else sample  # dict batches: one tensor into stage 0
+    staged = hf_pipeline.pack(sample, model) if dims.pp > 1 else sample  # dict batches: one tensor into stage 0 (keys checked)
     split = pipeline.choose_split(model, staged.to("meta") if is_meta([model]) else staged, dims, p) if dims.pp > 1 else None
     if dims.tp > 1:
         tensor.apply(model, dims.submesh("tp"), p, sample)
