@@ -232,11 +232,16 @@ def calibrate(
     nproc: Annotated[int, typer.Option("--nproc", help="processes for the collective measurements")] = 2,
     seconds: Annotated[float, typer.Option("--seconds", help="time spent on each measurement")] = 0.3,
     job: Annotated[Optional[Path], typer.Option("--job", help="also measure the share of peak this job's model reaches in one step")] = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="machines whose links to measure: run the same command on each")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="this machine's number: 0 hosts the rendezvous and writes the profile")] = 0,
+    rdzv: Annotated[str, typer.Option("--rdzv", help="HOST:PORT where every machine reaches node rank 0")] = "",
 ) -> None:
-    """Measure this machine (matmul FLOP/s per dtype, collective bandwidth and latency, memory) into a profile file."""
+    """Measure this machine (matmul FLOP/s per dtype, collective bandwidth and latency, memory) into a profile file;
+    with --nnodes, also the links between the machines (latency and bandwidth of every pair)."""
     from shoal.plan.calibrate import calibrate as measure
 
-    typer.echo(f"wrote {measure(out, nproc, seconds, job)}")
+    written = measure(out, nproc, seconds, job, nnodes, node_rank, rdzv)
+    typer.echo(f"wrote {written}" if written else f"node {node_rank}: links measured; node rank 0 writes the profile")
 
 
 @app.command()

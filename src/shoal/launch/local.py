@@ -16,7 +16,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from shoal.distributed.env import free_port
 from shoal.launch import forkserver
-from shoal.launch.nodes import NodeSpec, interface_of, route_address
+from shoal.launch.nodes import NodeSpec, bind_gloo_to_route
 from shoal.launch.restarts import describe, reporting_restarts
 
 
@@ -53,10 +53,7 @@ def launch_nodes(entry: Callable[..., Any], args: tuple, nproc: int, nodes: Node
     same run_id. After a failure every node restarts its workers (up to max_restarts) and they
     meet again; within MIN:MAX nodes the job goes on with whoever is left (elastic).
     """
-    local_addr = route_address(nodes.rdzv_host, nodes.rdzv_port)
-    interface = interface_of(local_addr)
-    if interface and interface != "lo":  # gloo binds to the interface the hostname resolves to, often 127.0.0.1
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    local_addr = bind_gloo_to_route(nodes.rdzv_host, nodes.rdzv_port)
     config = LaunchConfig(
         min_nodes=nodes.min_nodes,
         max_nodes=nodes.max_nodes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -109,3 +110,13 @@ def interface_of(address: str) -> str | None:
         if socket.inet_ntoa(packed[20:24]) == address:
             return name
     return None
+
+
+def bind_gloo_to_route(host: str, port: int) -> str:
+    """gloo binds to the interface the hostname resolves to, often 127.0.0.1: use the one that reaches `host` instead
+    (unless GLOO_SOCKET_IFNAME says otherwise). Returns this machine's address on that route."""
+    address = route_address(host, port)
+    interface = interface_of(address)
+    if interface and interface != "lo":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    return address

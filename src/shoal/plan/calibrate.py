@@ -4,8 +4,9 @@ What it measures: matmul FLOP/s per dtype (fp32, bf16) with this process's threa
 all-gather and reduce-scatter times at several message sizes between `nproc` local processes
 (gloo, or NCCL with CUDA), from which latency (small messages) and bandwidth (large ones) follow
 under the same alpha-beta model the planner uses; total memory. With a job file, also the share of
-that peak one training step of the job's own model reaches (`achievable`; 1.0 without). Links between hosts are not
-measured here: a profile of one machine says `network = intra` (rerun on a cluster's nodes).
+that peak one training step of the job's own model reaches (`achievable`; 1.0 without). Links between hosts: run it
+on every node with `--nnodes N --node-rank R --rdzv HOST:PORT` (plan/links.py); node rank 0 writes the profile, whose
+[network] is then the slowest measured pair. A profile of one machine says `network = intra`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.multiprocessing as mp
 from shoal.errors import ShoalError
 from shoal.monitor.flops import measured_peak_flops
 from shoal.plan.hardware import Device, Network, profile_toml
+from shoal.plan.links import measure_links, slowest
 
 SIZES = (4096, 1 << 20, 16 << 20)  # bytes
 
@@ -136,11 +138,16 @@ def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: 
     return {"job": str(job), "job_step_s": step_s, "job_flops_per_step": flops, "job_achievable": flops / step_s / peak}
 
 
-def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None = None) -> Path:
+def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None = None, nnodes: int = 1, node_rank: int = 0,
+              rdzv: str = "") -> Path | None:
+    """Writes the profile on node rank 0 (returns its path); other nodes only take part in the link measurement."""
     if nproc < 2:
         raise ShoalError("calibrate --nproc: at least 2 processes are needed to measure collectives")
     if out.is_dir():
         raise ShoalError(f"calibrate --out: '{out}' is a directory; give a file name such as {out / 'cluster.toml'}")
+    links = measure_links(nnodes, node_rank, rdzv) if nnodes > 1 or rdzv else {}
+    if node_rank != 0:
+        return None
     threads = max(1, (os.cpu_count() or 1) // nproc)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # what each of nproc training processes gets
@@ -154,8 +161,11 @@ def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None 
     fit = model_efficiency(job, nproc, threads, fp32, seconds) if job is not None else {}
     device = Device(f"{socket.gethostname()} CPU process ({threads} threads)", fp32, psutil.virtual_memory().total / nproc, bw, latency,
                     achievable=min(fit.get("job_achievable", 1.0), 1.0), flash_attention=False, dtype_bytes=4)
-    network = Network("intra (one machine: not measured)", bw, latency, 1.0)
+    network = slowest(links, nnodes) if links else Network("intra (one machine: not measured)", bw, latency, 1.0)
     measured = {**fit, "nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
+    if links:
+        measured.update(link_pairs=list(links), link_bw=[v["bw"] for v in links.values()],
+                        link_latency_s=[v["latency_s"] for v in links.values()])
     for kind in ("all_reduce", "all_gather", "reduce_scatter"):
         measured[f"{kind}_s"] = [times[s][kind] for s in times]
     text = profile_toml(device, network, measured)
