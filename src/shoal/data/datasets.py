@@ -10,6 +10,8 @@ import gzip
 import json
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -84,28 +86,35 @@ def _mnist_file() -> Path:
 
 
 def _mnist_arrays() -> dict[str, np.ndarray]:
-    """The pickle takes seconds to unzip; every worker of every run reads an uncompressed cached copy instead."""
-    cache = Path(os.environ.get("SHOAL_CACHE", Path.home() / ".cache" / "shoal")) / "mnist-v1.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return dict(z)
+    """Normalized pixels and labels, memory-mapped from an uncompressed cache. Unzipping the pickle takes seconds, and
+    mapped pages are shared by every worker on the machine: one copy of the 188 MB of pixels, not one per rank, and
+    nothing read before a batch needs it. Copy-on-write: a worker that writes into its data changes only its own copy."""
+    cache = Path(os.environ.get("SHOAL_CACHE", Path.home() / ".cache" / "shoal")) / "mnist-v2"
+    names = ("x", "y", "x_test", "y_test")
+    if all((cache / f"{name}.npy").is_file() for name in names):
+        return {name: np.load(cache / f"{name}.npy", mmap_mode="c") for name in names}
     with gzip.open(_mnist_file()) as f:
         (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
-    arrays = {"x": np.concatenate([xtr, xva]), "y": np.concatenate([ytr, yva]), "x_test": xte, "y_test": yte}  # 60k / 10k
+    arrays = {"x": _normalize(np.concatenate([xtr, xva])), "y": np.concatenate([ytr, yva]), "x_test": _normalize(xte),
+              "y_test": yte}  # 60k / 10k
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home only costs speed
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.tmp-", dir=cache.parent))
+        for name, values in arrays.items():
+            np.save(tmp / f"{name}.npy", values)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from other users of the same cache
+        os.replace(tmp, cache)  # whole or not at all; a worker that lost the race keeps its own copy
+    except OSError:  # a read-only or full home only costs speed
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return arrays
 
 
 def _load_mnist(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
     a = _mnist_arrays()
     x, xte = a["x"].reshape(-1, 1, 28, 28), a["x_test"].reshape(-1, 1, 28, 28)
-    return _tensors(_normalize(x), a["y"], cfg.limit_train), _tensors(_normalize(xte), a["y_test"], cfg.limit_eval)
+    return _tensors(x, a["y"], cfg.limit_train), _tensors(xte, a["y_test"], cfg.limit_eval)
 
 
 def _normalize(images: np.ndarray) -> np.ndarray:
