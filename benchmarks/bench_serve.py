@@ -117,45 +117,73 @@ def load(port: int, requests: int, clients: int, samples: int, max_seconds: floa
             "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(int(len(lat) * 0.99), len(lat) - 1)]}
 
 
+def median_of(runs: list[dict]) -> dict:
+    """Per key, the median over the rounds (codes: summed)."""
+    out = {}
+    for key in runs[0]:
+        if key == "codes":
+            out[key] = {c: sum(r[key].get(c, 0) for r in runs) for c in {c for r in runs for c in r[key]}}
+        else:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def one_round(run: Path, args, results: dict) -> None:
+    """Every configuration once, in a fixed order; a result per name is appended to `results`."""
+    add = lambda name, value: results.setdefault(name, []).append(value)  # noqa: E731
+    add("plain batch 1", plain_loop(run, 1, 3.0))
+    add("plain batch 32", plain_loop(run, 32, 3.0))
+    for replicas in (1, 2):
+        for batching in (False, True):
+            flags = ["--replicas", str(replicas), "--max-queue", "1024", "--threads", "1"]
+            flags += ["--max-batch", "32", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
+            server = Serve(run, *flags)
+            try:
+                name = f"serve {replicas} replica{'s' if replicas > 1 else ''}, {'batching' if batching else 'one at a time'}"
+                if replicas == 1 and not batching:
+                    add("single request", load(server.port, 100, 1, 1, args.max_seconds))
+                for clients in args.clients:
+                    add(f"{name}, {clients} clients", load(server.port, args.requests, clients, 1, args.max_seconds))
+                if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
+                    add("serve 1 replica, requests of 32", load(server.port, args.requests // 4, 2, 32, args.max_seconds))
+            finally:
+                server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--clients", type=lambda v: [int(c) for c in v.split(",")], default=[8, 32],
                         help="client threads of each load, comma-separated")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, interleaved; report the medians")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
-    results: dict = {}
+    rounds: dict[str, list[dict]] = {}
+    loads = [open("/proc/loadavg").read().split()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         run = train(Path(tmp))
-        results["plain batch 1"] = plain_loop(run, 1, 5.0)
-        results["plain batch 32"] = plain_loop(run, 32, 5.0)
-        for replicas in (1, 2):
-            for batching in (False, True):
-                flags = ["--replicas", str(replicas), "--max-queue", "1024", "--threads", "1"]
-                flags += ["--max-batch", "32", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
-                server = Serve(run, *flags)
-                try:
-                    name = f"serve {replicas} replica{'s' if replicas > 1 else ''}, {'batching' if batching else 'one at a time'}"
-                    if replicas == 1 and not batching:
-                        results["single request"] = load(server.port, 100, 1, 1, args.max_seconds)
-                    for clients in args.clients:
-                        results[f"{name}, {clients} clients"] = load(server.port, args.requests, clients, 1, args.max_seconds)
-                    if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
-                        results["serve 1 replica, requests of 32"] = load(server.port, args.requests // 4, 2, 32, args.max_seconds)
-                finally:
-                    server.stop()
+        for _ in range(args.rounds):
+            one_round(run, args, rounds)
+            loads.append(open("/proc/loadavg").read().split()[0])
+    results = {name: median_of(runs) for name, runs in rounds.items()}
+    print(f"{args.rounds} round(s), medians; load average (1 min) at the start and after each round: {', '.join(loads)}")
     for name, r in results.items():
         print(f"{name:40s} " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     for clients in args.clients:
         one, batched = results[f"serve 1 replica, one at a time, {clients} clients"], results[f"serve 1 replica, batching, {clients} clients"]
+        ratios = [b["requests_per_s"] / o["requests_per_s"] for o, b in zip(rounds[f"serve 1 replica, one at a time, {clients} clients"],
+                                                                            rounds[f"serve 1 replica, batching, {clients} clients"])]
         print(f"{clients} clients, 1 replica: batching serves {batched['requests_per_s'] / one['requests_per_s']:.2f}x the requests/s of "
-              f"one at a time; p99 {batched['p99_ms']:.1f} ms = {batched['p99_ms'] / results['single request']['p50_ms']:.1f}x one "
-              f"request's latency ({results['single request']['p50_ms']:.1f} ms)")
+              f"one at a time (per round: {', '.join(f'{r:.2f}' for r in ratios)}); p99 {batched['p99_ms']:.1f} ms = "
+              f"{batched['p99_ms'] / results['single request']['p50_ms']:.1f}x one request's latency ({results['single request']['p50_ms']:.1f} ms)"
+              f", one at a time p99 {one['p99_ms']:.1f} ms")
+    overheads = [1 - s["samples_per_s"] / p["samples_per_s"] for s, p in zip(rounds["serve 1 replica, requests of 32"], rounds["plain batch 32"])]
     overhead = 1 - results["serve 1 replica, requests of 32"]["samples_per_s"] / results["plain batch 32"]["samples_per_s"]
-    print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}%")
+    print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}% (per round: "
+          f"{', '.join(f'{100 * o:.0f}%' for o in overheads)})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    args.json.write_text(json.dumps({"medians": results, "rounds": rounds, "load": loads}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
