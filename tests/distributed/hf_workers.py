@@ -73,6 +73,14 @@ def hf_model(kind: str):
     return transformers.BertForSequenceClassification(cfg)
 
 
+def job_model(kind: str):
+    """A fresh model as the job route builds it (hf: name, the data's vocabulary and length), for loading model.pt."""
+    from shoal.models import build_model
+
+    cfg = job(kind, "tokens.npz", {})
+    return build_model(cfg.model, (SEQ,), VOCAB if kind != "bert" else 3, cfg.seed)
+
+
 def samples(kind: str) -> list[dict]:
     """datasets-style rows: one dict of tensors per sample (labels only for the classifier)."""
     d = {k: torch.as_tensor(v) for k, v in token_data().items()}
@@ -155,9 +163,22 @@ def refused_tied_pipeline(root: str) -> str | None:
     return None
 
 
+def gpt2_tp_shards() -> dict:
+    """GPT-2 under tp = world: each parameter's local shape on this rank, and its whole shape."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from shoal.parallel import hf_plans
+
+    model = hf_model("gpt2")
+    whole = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    hf_plans.apply_gpt2(model, init_device_mesh("cpu", (torch.distributed.get_world_size(),)))
+    local = {n: tuple(p.to_local().shape if hasattr(p, "to_local") else p.shape) for n, p in model.named_parameters()}
+    return {"whole": whole, "local": local}
+
+
 def run_all(root: str, cases: list, refuse: bool = False) -> dict | None:
     results = run_cases(root, cases)
-    messages = {"refused": refused_plan(root), "tied": refused_tied_pipeline(root)} if refuse else {}
+    messages = {"refused": refused_plan(root), "tied": refused_tied_pipeline(root), "shards": gpt2_tp_shards()} if refuse else {}
     if results is not None:
         results.update(messages)
     return results

@@ -9,7 +9,10 @@ the global batch, which a per-rank mean would miss.
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -36,9 +39,13 @@ CASES_2 += [("job", "llama", n, LAYOUTS_2[n]) for n in ("tp2", "pp2")]  # Llama:
 SAVED = {"parallel": {"tp": 2}, "checkpoint": {"at_end": True}}
 CASES_2 += [("job", "gpt2", "tp2-saved", SAVED), ("job", "gpt2", "fsdp2-resumed", {"parallel": {"fsdp": 2}, "train": {"steps": 5},
                                                                                   "resume_of": "tp2-saved"})]
+# And back: written under fsdp=2 (c_attn whole on each tp rank), resumed under tp=2 (c_attn split in q|k|v blocks).
+CASES_2 += [("job", "gpt2", "fsdp2-saved", {"parallel": {"fsdp": 2}, "checkpoint": {"at_end": True}}),
+            ("job", "gpt2", "tp2-resumed", {"parallel": {"tp": 2}, "train": {"steps": 5}, "resume_of": "fsdp2-saved"})]
 CASES_2 += [("pq", k, "dp2", {}) for k in KINDS]  # Parquet list columns, each rank reading its rows: equal to the npz in one process
 CASES_2 += [("tt", "bert", "pp2", LAYOUTS_2["pp2"])]  # BERT sentence pairs (token_type_ids) through the pipeline's stage 0
 LAYOUTS_4 = {"fsdp2-tp2": {"parallel": {"fsdp": 2, "tp": 2}}}
+CASES_4 = [("job", k, n, o) for n, o in LAYOUTS_4.items() for k in KINDS] + [("job", "gpt2", "tp4", {"parallel": {"tp": 4}})]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def two(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf-four")
-    return launch_local(hw.run_all, (str(root), [("job", k, n, o) for n, o in LAYOUTS_4.items() for k in KINDS]), nproc=4)[0]
+    return launch_local(hw.run_all, (str(root), CASES_4), nproc=4)[0]
 
 
 def assert_same(run: dict, ref: dict) -> None:
@@ -79,7 +86,7 @@ def assert_same(run: dict, ref: dict) -> None:
 def _reference(single, route, kind, name):
     if route == "pq":
         return single[("job", kind, "single")]
-    if name == "fsdp2-resumed":
+    if name.endswith("-resumed"):
         return single[(route, kind, "single-5")]
     if "accum" in name:
         return single[(route, kind, "single-accum")]
@@ -102,6 +109,36 @@ def test_token_type_ids_reach_the_model(single):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fsdp_times_tp_equals_one_process(four, single, kind):
     assert_same(four[("job", kind, "fsdp2-tp2")], single[("job", kind, "single")])
+
+
+def test_gpt2_under_tp4_equals_one_process(four, single):
+    assert_same(four[("job", "gpt2", "tp4")], single[("job", "gpt2", "single")])  # c_attn's all-to-all, blocks split 4 ways
+
+
+def test_gpt2_c_attn_is_sharded_under_tp(two):
+    """Every matrix of a block, the fused q|k|v c_attn too, holds 1/2 of its weight and bias on each rank."""
+    whole, local = two["shards"]["whole"], two["shards"]["local"]
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"):
+        assert local[name] == (whole[name][0], whole[name][1] // 2)
+    assert local["transformer.h.0.attn.c_attn.bias"] == (whole["transformer.h.0.attn.c_attn.bias"][0] // 2,)
+    blocks = [n for n in whole if ".h." in n and not n.rsplit(".", 2)[-2].startswith("ln")
+              and not n.endswith("c_proj.bias")]  # row-parallel biases stay whole
+    assert sum(math.prod(local[n]) for n in blocks) * 2 == sum(math.prod(whole[n]) for n in blocks)
+
+
+@pytest.mark.parametrize("case", [("job", "gpt2", "tp2"), ("fit", "gpt2", "tp2"), ("job", "gpt2", "tp2-resumed")], ids="-".join)
+def test_model_pt_under_tp_loads_into_a_fresh_transformers_gpt2(two, single, case):
+    """model.pt gathered from c_attn's shards has transformers' fused q|k|v layout: loaded with strict=True into a
+    fresh GPT2LMHeadModel it gives the logits of one process's model.pt."""
+    route, kind, name = case
+    ref = _reference(single, route, kind, name)
+    x = torch.as_tensor(hw.token_data()["input_ids"][:4])
+    logits = []
+    for params in (two[case]["params"], ref["params"]):
+        model = hw.hf_model("gpt2") if route == "fit" else hw.job_model("gpt2")
+        model.load_state_dict(params, strict=True)
+        logits.append(model.eval()(input_ids=x).logits)
+    assert (logits[0] - logits[1]).abs().max().item() < EXACT
 
 
 def test_lm_evaluation_reports_perplexity_from_user_data(single):

@@ -7,10 +7,11 @@
 - GPT-2 keeps its weights in `Conv1D` layers (weight shaped (in, out)): `c_fc` is column-parallel, both
   `c_proj` row-parallel (DTensors, gathered whole for model.pt, resharded by checkpoints), and the forward runs
   on the local shards with Megatron's two collectives (identity forward / all-reduce backward on entry,
-  all-reduce forward / identity backward on exit). The fused query/key/value `c_attn` stays whole on every
-  rank: each rank takes its heads' query, key and value columns from its output, and one all-gather in
-  backward gives every rank the whole output gradient, so its weight gradient is the same everywhere.
-  (Splitting `c_attn` itself needs a strided placement that torch's checkpoints cannot save.)
+  all-reduce forward / identity backward on exit). The fused query/key/value `c_attn` is column-parallel too,
+  in its own layout (each rank a contiguous 1/tp of q|k|v, so model.pt, checkpoints and their resharding see
+  transformers' tensor): one all-to-all of its output gives each rank its heads' query, key and value columns,
+  and the reverse one in backward. (Holding the heads' columns themselves would need a strided placement that
+  torch's checkpoints cannot save.)
 
 Any automatic plan (these, or the pairing of Linear layers) is checked on one batch against the unsharded
 model before training; a mismatch is refused with one line.
@@ -114,28 +115,38 @@ def _rowwise_forward(module, group, x):
 
 
 class _MyHeads(torch.autograd.Function):
-    """Forward: this rank's columns of each of query, key and value. Backward: the whole gradient, all-gathered."""
+    """c_attn's output columns from this rank's contiguous block (chunks 3r, 3r+1, 3r+2 of width E/tp in q|k|v order)
+    to this rank's heads (chunks r, tp+r, 2tp+r: its query, key and value) by one all-to-all; backward the reverse."""
 
     @staticmethod
-    def forward(ctx, qkv, group, rank, tp):
-        ctx.group, ctx.tp = group, tp
-        width = qkv.shape[-1] // 3 // tp
-        parts = qkv.view(*qkv.shape[:-1], 3, tp, width)
-        return parts[..., rank, :].reshape(*qkv.shape[:-1], 3 * width)
+    def forward(ctx, block, group, rank, tp):
+        order = sorted(range(3), key=lambda j: (3 * rank + j) % tp)  # my chunks by the rank that takes them
+        sends = [sum((3 * rank + j) % tp == s for j in range(3)) for s in range(tp)]
+        takes = [sum(c // 3 == s for c in (rank, tp + rank, 2 * tp + rank)) for s in range(tp)]
+        ctx.group, ctx.order, ctx.sends, ctx.takes = group, order, sends, takes
+        lead, width = block.shape[:-1], block.shape[-1] // 3
+        out = _exchange(block.reshape(-1, 3, width)[:, order], takes, sends, group)  # (n, 3, width): my q, k, v
+        return out.reshape(*lead, 3 * width)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        every = [torch.empty_like(grad) for _ in range(ctx.tp)]
-        dist.all_gather(every, grad, group=ctx.group)
-        width = grad.shape[-1] // 3
-        full = torch.stack([g.view(*grad.shape[:-1], 3, width) for g in every], dim=-2)  # (..., 3, tp, width)
-        return full.reshape(*grad.shape[:-1], 3 * width * ctx.tp), None, None, None
+        lead, width = grad.shape[:-1], grad.shape[-1] // 3
+        back = _exchange(grad.reshape(-1, 3, width), ctx.sends, ctx.takes, ctx.group)  # my block's chunks, in `order`
+        full = torch.empty_like(back)
+        full[:, ctx.order] = back
+        return full.reshape(*lead, 3 * width), None, None, None
 
 
-def _qkv_forward(module, group, rank, tp, x):
-    out = torch.addmm(module.bias, x.reshape(-1, x.shape[-1]), module.weight).view(*x.shape[:-1], module.weight.shape[1])
-    return _MyHeads.apply(out, group, rank, tp)
+def _exchange(chunks: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+    """All-to-all of (n, k, width) chunk columns along k: in_splits[s] chunks go to rank s, out_splits[s] come from it."""
+    send = chunks.permute(1, 0, 2).contiguous()
+    recv = torch.empty((sum(out_splits), *send.shape[1:]), dtype=send.dtype, device=send.device)
+    dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
+    return recv.permute(1, 0, 2)
+
+
+def _qkv_forward(rank, tp, module, group, x):
+    return _MyHeads.apply(_colwise_forward(module, group, x), group, rank, tp)
 
 
 def _shard_conv1d(module: nn.Module, mesh: DeviceMesh, weight_placement, bias_placement, forward) -> None:
@@ -154,7 +165,7 @@ def apply_gpt2(model: nn.Module, mesh: DeviceMesh) -> None:
     for i in range(len(model.get_submodule(blocks))):
         block = model.get_submodule(f"{blocks}.{i}")
         attn, mlp = block.attn, block.mlp
-        attn.c_attn.forward = functools.partial(_qkv_forward, attn.c_attn, mesh.get_group(), mesh.get_local_rank(), tp)
+        _shard_conv1d(attn.c_attn, mesh, Shard(1), Shard(0), functools.partial(_qkv_forward, mesh.get_local_rank(), tp))
         attn.split_size = attn.split_size // tp  # this rank's query, key and value columns: its heads
         _shard_conv1d(attn.c_proj, mesh, Shard(0), Replicate(), _rowwise_forward)
         _shard_conv1d(mlp.c_fc, mesh, Shard(1), Shard(0), _colwise_forward)
