@@ -169,7 +169,7 @@ class PSConfig(Section):
     mode: Literal["sync", "async", "ssp"] = Field("sync", description="sync: every worker's gradient of a step applied together (equals data "
                                                   "parallel); async: each push applied on arrival; ssp: at most `staleness` steps ahead of the slowest")
     staleness: int = Field(2, ge=0, le=1_000_000, description="ssp: how many steps a worker may run ahead of the slowest worker")
-    rejoin: bool = Field(False, description="async: a worker whose training process dies is started again alone and rejoins "
+    rejoin: bool = Field(False, description="async, ssp: a worker whose training process dies is started again alone and rejoins "
                          "with the current parameters; the others go on without it meanwhile (docs/param_server.md)")
 
 

@@ -15,12 +15,13 @@ def cfg(**sections) -> JobConfig:
     return JobConfig.model_validate({**REJOIN, **sections})
 
 
-def test_async_with_one_server_and_no_checkpoints_is_accepted():
-    _check_rejoin(cfg())
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_async_and_ssp_with_one_server_and_no_checkpoints_are_accepted(mode):
+    _check_rejoin(cfg(ps={"mode": mode, "rejoin": True}))
 
 
 @pytest.mark.parametrize("sections, named", [
-    ({"ps": {"mode": "ssp", "rejoin": True}}, "ps.mode = 'async' (here 'ssp')"),
+    ({"ps": {"mode": "sync", "rejoin": True}}, "ps.mode = 'async' or 'ssp' (here 'sync'"),
     ({"ps": {"mode": "async", "servers": 2, "rejoin": True}}, "ps.servers = 1 (here 2)"),
     ({"checkpoint": {"every": 10, "at_end": False}}, "checkpoint.every = 0 and checkpoint.at_end = false"),
     ({"checkpoint": {}}, "checkpoint.every = 0 and checkpoint.at_end = false"),  # at_end is on by default

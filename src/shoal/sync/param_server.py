@@ -12,6 +12,8 @@ optimizer step), ssp (bounded staleness: at most ps.staleness clocks ahead of th
 gradients of a clock applied together, so staleness 0 is sync). In async and ssp each push is
 clipped by its own norm on its worker. Every worker holds the same parameters at each
 checkpoint step and at the last step (the servers withhold replies until all pushed it).
+With ps.rejoin (async, ssp) a worker's training runs in a child that rejoins when it dies
+(ps_rejoin.py), over a link of its own (ps_link.py); no worker waits for another.
 """
 
 from __future__ import annotations
@@ -223,12 +225,12 @@ class ParamServer(SyncStrategy):
 
 
 def _check_rejoin(cfg) -> None:
-    """ps.rejoin covers async with one server and no checkpoints (a checkpoint is a collective of every rank, which a
+    """ps.rejoin covers async and ssp with one server and no checkpoints (a checkpoint is a collective of every rank, which a
     dead worker breaks, and a training child cannot use the job's process groups: their threads stay in the parent);
     anything else is refused in one line."""
     why = []
-    if cfg.ps.mode != "async":
-        why.append(f"ps.mode = 'async' (here '{cfg.ps.mode}')")
+    if cfg.ps.mode == "sync":
+        why.append("ps.mode = 'async' or 'ssp' (here 'sync': every step waits for every worker)")
     if cfg.ps.servers != 1:
         why.append(f"ps.servers = 1 (here {cfg.ps.servers})")
     if cfg.checkpoint.every or cfg.checkpoint.at_end:

@@ -18,6 +18,9 @@ non-finite mean gradient reaches every worker, so with train.on_nonfinite = roll
 and the workers load the newest checkpoint together.
 Staleness of an applied gradient is the server's version when applying it minus the version it
 was computed on (async: in pushes applied; ssp and sync: in clocks).
+
+ps.rejoin (async, ssp): every worker on a link of its own (ps_link.py), watched by a thread; a lost
+link is that worker leaving (ssp clocks then complete without it), a new incarnation its return.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class Server:
         self.nonfinite = 0  # sync, on_nonfinite = rollback: steps rolled back so far (the trainers count the same)
         self.rejoin = cfg.ps.rejoin
         self.links: dict[int, dist.ProcessGroup] = {}  # ps.rejoin: worker index -> its current link (ps_link.py)
+        self.away: set[int] = set()  # ps.rejoin: workers that left and have not rejoined (ssp clocks complete without them)
         self.timeout_s = cfg.dist.timeout_s
         self.every = 0
         self.checkpoints = None
@@ -212,15 +216,25 @@ class Server:
             self._release()
 
     def _push(self, w: int, buffer: torch.Tensor) -> None:
-        """async: apply worker w's push on arrival; its reply waits in `waiting` for _release."""
+        """ps.rejoin: worker w's push (async: applied on arrival; ssp: to its clock, or, for a clock completed while
+        w was away, applied on its own at once); its reply waits in `waiting` for _release."""
         h = header(buffer)
         step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
         self.clocks[w] = step
-        self._stale(self.version - computed_on)
-        if math.isfinite(norm):  # a non-finite push is dropped
-            self._apply(body(buffer).clone())
-        while self.scheduler.last_epoch < min(self.clocks):  # the schedule follows the slowest worker
-            self.scheduler.step()
+        grad = body(buffer).clone() if math.isfinite(norm) else None  # a non-finite push is dropped
+        if self.mode == "async":
+            self._stale(self.version - computed_on)
+            if grad is not None:
+                self._apply(grad)
+            while self.scheduler.last_epoch < min(self.clocks):  # the schedule follows the slowest worker
+                self.scheduler.step()
+        elif step <= self.completed:  # ssp, a worker catching up after it rejoined
+            self._stale(self.completed - computed_on)
+            if grad is not None:
+                self._apply(grad, new_version=False)  # versions count completed clocks
+        else:
+            self.pending.setdefault(step, {})[w] = (grad, computed_on)
+            self._complete_clocks()
         self.waiting[w] = step
 
     # --- ps.rejoin (async): every worker on a link of its own; a lost link is that worker leaving ---
@@ -230,6 +244,8 @@ class Server:
         incarnation has pushed every step it had not (each step's push is applied exactly once: checked)."""
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
+        met: set[int] = set()  # workers that joined at least once
+        started = False
         for w in range(len(self.workers)):
             threading.Thread(target=self._watch, args=(w, events, stop), daemon=True, name=f"shoal-ps-link{w}").start()
         try:
@@ -237,7 +253,13 @@ class Server:
                 kind, w, value = events.get()
                 if kind == "joined":
                     self.links[w], incarnation = value
-                    self._send_all([w], 0.0)  # the current parameters, and how many steps this worker pushed
+                    self.away.discard(w)
+                    met.add(w)
+                    if len(met) < len(self.workers):  # the run starts once every worker is there, as without rejoin
+                        continue
+                    # the current parameters, and how many steps it pushed (at the start: to everyone who waited)
+                    self._send_all([w] if started else sorted(self.links), 0.0)
+                    started = True
                     if incarnation:
                         print(f"parameter server: worker rank {self.workers[w]} rejoined (incarnation {incarnation}) with the "
                               f"parameters of update {self.version}; it goes on from step {self.clocks[w] + 1}",
@@ -245,8 +267,12 @@ class Server:
                 elif kind == "left":
                     if self.links.pop(w, None) is not None and self.clocks[w] < self.steps:
                         self.waiting.pop(w, None)
+                        self.away.add(w)
                         print(f"parameter server: worker rank {self.workers[w]} left after pushing step {self.clocks[w]}; "
                               f"the other workers go on, it rejoins when started again", file=sys.stderr, flush=True)
+                        if self.mode == "ssp":
+                            self._complete_clocks()  # the clocks that waited only for it
+                            self._release()
                 else:
                     step = int(header(value)[0])
                     if step != self.clocks[w] + 1:
@@ -282,16 +308,19 @@ class Server:
                 events.put(("push", w, buffer))
 
     def _complete_clocks(self) -> None:
-        while len(self.pending.get(self.completed + 1, {})) == len(self.workers):
-            pushes = self.pending.pop(self.completed + 1)
-            grads = [pushes[w][0] for w in range(len(self.workers)) if pushes[w][0] is not None]
-            for w in range(len(self.workers)):
+        """ssp: apply every clock all workers pushed (with ps.rejoin: all but those away; a clock nobody pushed waits)."""
+        needed = set(range(len(self.workers))) - self.away
+        while (pushes := self.pending.get(self.completed + 1, {})) and needed <= pushes.keys():
+            del self.pending[self.completed + 1]
+            order = sorted(pushes)  # worker order: the same sum on every run
+            grads = [pushes[w][0] for w in order if pushes[w][0] is not None]
+            for w in order:
                 self._stale(self.completed - pushes[w][1])
             if grads:
                 total = grads[0]
                 for g in grads[1:]:
                     total.add_(g)
-                self._apply(total.div_(len(self.workers)))
+                self._apply(total.div_(len(order)))
             else:
                 self.version += 1
             self.scheduler.step()
@@ -313,11 +342,11 @@ class Server:
                 self._save(step)
 
     # --- both ---
-    def _apply(self, grad: torch.Tensor) -> None:
+    def _apply(self, grad: torch.Tensor, new_version: bool = True) -> None:
         self.module.flat.grad = grad
         self.optimizer.step()
         self.module.flat.grad = None
-        self.version += 1
+        self.version += new_version
         if self.trace is not None:
             self.trace.add(self.version, self.module.flat)
 
