@@ -138,6 +138,8 @@ class ParamServer(SyncStrategy):
         self.link = ps_link.connect(store, self.ctx.env.rank, incarnation, ps_link.WORKER, self.ctx.cfg.dist.timeout_s)
         self._pull()
         self.clock = self.rounds = self.start
+        if incarnation:
+            self.pending.clear()  # the first incarnation logged who is who already
 
     def first_step(self) -> int:
         return self.start
