@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,8 +36,8 @@ import torch.distributed as dist
 from torch import nn
 
 from shoal.checkpoint import latest_checkpoint
-from shoal.errors import ShoalError
 from shoal.sync import ps_link
+from shoal.sync.ps_members import Members
 from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message, trainable, write_values
 
 
@@ -57,7 +54,7 @@ class ShardModule(nn.Module):
         return getattr(self, self.name)
 
 
-class Server:
+class Server(Members):
     def __init__(self, cfg, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int,
                  make_optimizer: Callable, make_scheduler: Callable, server_group, wire=None):
         self.cfg, self.index, self.workers, self.steps = cfg, index, workers, steps
@@ -236,76 +233,6 @@ class Server:
             self.pending.setdefault(step, {})[w] = (grad, computed_on)
             self._complete_clocks()
         self.waiting[w] = step
-
-    # --- ps.rejoin (async): every worker on a link of its own; a lost link is that worker leaving ---
-    def _run_rejoin(self) -> None:
-        """Pushes, arrivals and departures come from one watcher thread per worker, in the order they happened there.
-        A worker that left keeps its clock: the last step is an agreement point, so the run ends only once its next
-        incarnation has pushed every step it had not (each step's push is applied exactly once: checked)."""
-        events: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        met: set[int] = set()  # workers that joined at least once
-        started = False
-        for w in range(len(self.workers)):
-            threading.Thread(target=self._watch, args=(w, events, stop), daemon=True, name=f"shoal-ps-link{w}").start()
-        try:
-            while min(self.clocks) < self.steps or self.waiting:
-                kind, w, value = events.get()
-                if kind == "joined":
-                    self.links[w], incarnation = value
-                    self.away.discard(w)
-                    met.add(w)
-                    if len(met) < len(self.workers):  # the run starts once every worker is there, as without rejoin
-                        continue
-                    # the current parameters, and how many steps it pushed (at the start: to everyone who waited)
-                    self._send_all([w] if started else sorted(self.links), 0.0)
-                    started = True
-                    if incarnation:
-                        print(f"parameter server: worker rank {self.workers[w]} rejoined (incarnation {incarnation}) with the "
-                              f"parameters of update {self.version}; it goes on from step {self.clocks[w] + 1}",
-                              file=sys.stderr, flush=True)
-                elif kind == "left":
-                    if self.links.pop(w, None) is not None and self.clocks[w] < self.steps:
-                        self.waiting.pop(w, None)
-                        self.away.add(w)
-                        print(f"parameter server: worker rank {self.workers[w]} left after pushing step {self.clocks[w]}; "
-                              f"the other workers go on, it rejoins when started again", file=sys.stderr, flush=True)
-                        if self.mode == "ssp":
-                            self._complete_clocks()  # the clocks that waited only for it
-                            self._release()
-                else:
-                    step = int(header(value)[0])
-                    if step != self.clocks[w] + 1:
-                        raise ShoalError(f"parameter server: worker rank {self.workers[w]} pushed step {step} after step "
-                                         f"{self.clocks[w]}; refusing it rather than applying a step twice or skipping one")
-                    self._push(w, value)
-                    self._release()
-        finally:
-            stop.set()
-
-    def _watch(self, w: int, events: queue.Queue, stop: threading.Event) -> None:
-        """One worker's links, one incarnation after another: connect when it announces itself, then pass on its pushes
-        until the link breaks (its process died, or it finished)."""
-        store, seen = ps_link.job_store(self.timeout_s), -1
-        while not stop.is_set():
-            incarnation = ps_link.announced(store, w)
-            if incarnation <= seen:
-                time.sleep(0.02)
-                continue
-            seen = incarnation
-            try:
-                link = ps_link.connect(store, w, incarnation, ps_link.SERVER, self.timeout_s)
-            except RuntimeError:  # it died before both ends met: wait for the next one
-                continue
-            events.put(("joined", w, (link, incarnation)))
-            while True:
-                buffer = message(self.size)
-                try:
-                    link.recv([buffer], ps_link.WORKER, TAG).wait()
-                except RuntimeError:
-                    events.put(("left", w, None))
-                    break
-                events.put(("push", w, buffer))
 
     def _complete_clocks(self) -> None:
         """ssp: apply every clock all workers pushed (with ps.rejoin: all but those away; a clock nobody pushed waits)."""
