@@ -12,6 +12,8 @@ a fork (a child of a parent that used two threads hangs in its first matmul, mea
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
 import pickle
@@ -57,9 +59,11 @@ def supervise(rank: int, rejoins: int, start: Callable[[int], None], fit: Callab
         if incarnation and delay:
             time.sleep(delay)
         read, write = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the training child: whatever happens, it leaves through os._exit
             os.close(read)
+            _die_with(parent)
             try:
                 torch.set_num_threads(1)
                 start(incarnation)
@@ -87,6 +91,15 @@ def supervise(rank: int, rejoins: int, start: Callable[[int], None], fit: Callab
         print(f"worker rank {rank}: its training process was killed by {why}; the other workers go on, and it rejoins "
               f"with the current parameters (rejoin {incarnation + 1} of {rejoins})", file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
+
+
+def _die_with(parent: int) -> None:
+    """The child gets SIGKILL when its parent dies (the agent stopping the job stops the worker's process, not its
+    child): no training process outlives its job."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
 
 
 def _picklable(err: BaseException) -> bool:
