@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -172,7 +174,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="address to bind (0.0.0.0: every interface)")] = "127.0.0.1",
     token: Annotated[Optional[str], typer.Option("--token", help="require 'Authorization: Bearer T' (default: $SHOAL_SERVE_TOKEN)")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="samples per replica batch (1: no batching)")] = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="how long a batch waits for more requests")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="longest a batch waits for requests still arriving (a lone one goes at once)")] = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", help="requests waiting at most; more get 503 + Retry-After")] = 256,
     max_request_samples: Annotated[int, typer.Option("--max-request-samples", help="samples in one request at most (413 beyond)")] = 256,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="request body size limit (413 beyond)")] = 8 << 20,
@@ -271,24 +273,46 @@ def _counts(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Every user error ends as one line on stderr and exit code 2; bugs keep their traceback."""
+    """Every user error ends as one line on stderr and exit code 2; bugs keep their traceback. Called without `argv`
+    (the `shoal` command, `python -m shoal`) it ends the whole process."""
     try:
         code = app(args=argv, standalone_mode=False)
     except ShoalError as err:
-        _fail(str(err), err.exit_code)  # 2; an interrupted run 130 (SIGINT) or 143 (SIGTERM)
+        code = _said(str(err), err.exit_code)  # 2; an interrupted run 130 (SIGINT) or 143 (SIGTERM)
     except click_errors.NoArgsIsHelpError as err:
         print(err.ctx.get_help() if err.ctx else "see shoal --help")
-        sys.exit(0)
+        code = 0
     except click_errors.UsageError as err:
         where = f"shoal {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "shoal --help"
-        _fail(f"{err.format_message()} (see {where})")
+        code = _said(f"{err.format_message()} (see {where})")
     except getattr(click_errors, "Abort", ()):  # vendored click in recent typer has no Abort; `except ()` matches nothing
-        _fail("interrupted", 130)  # click turns Ctrl-C into Abort (`shoal train` itself says where its run got to)
+        code = _said("interrupted", 130)  # click turns Ctrl-C into Abort (`shoal train` itself says where its run got to)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+        code = _said("interrupted", 130)
+    except SystemExit as done:  # a command's own last line (`raise SystemExit("error: ...")`) or code
+        if argv is not None:
+            raise  # called in-process: the caller sees what the command raised
+        code = done.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+    _leave(code if isinstance(code, int) else 0, whole_process=argv is None)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _said(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+    return code
+
+
+def _leave(code: int, whole_process: bool) -> None:
+    """Exit with `code`. The whole process skips the interpreter's teardown, which frees torch's objects one by one
+    (0.5-2 s, the longer the busier the machine) after everything is done: what Shoal writes is closed, committed or
+    line-buffered by then, and atexit handlers (log flushing, multiprocessing's clean-up) still run first."""
+    if not whole_process:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

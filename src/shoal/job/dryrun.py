@@ -29,6 +29,8 @@ from shoal.run_dir import read_run_info
 from shoal.run_start import nothing_to_resume, run_complete
 
 CPU_RETRY_PARAMS = 2**26  # a model the meta device cannot run is built for real only up to this size
+REAL_PARAMS = 2**22  # a model this small runs its shape check for real: cheaper than the meta device, whose in-place
+# ops (ReLU(inplace=True)) go through torch's Python references and import torch._dynamo (~0.4 s of the launcher's start)
 
 
 def dry_run(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, memory: bool = True) -> None:
@@ -139,6 +141,9 @@ def _sample(spec: DataSpec, batch: int, device: str) -> torch.Tensor:
 
 
 def _forward(cfg: JobConfig, spec: DataSpec, model: nn.Module, batch: int) -> torch.Tensor | None:
+    small = _is_meta(model) and sum(p.numel() for p in model.parameters()) <= REAL_PARAMS and not cfg.parallel.meta_init
+    if small:
+        model = _build(cfg, spec, meta=False)
     if _is_meta(model):
         try:
             with torch.no_grad():
