@@ -8,6 +8,7 @@ balance records.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -67,3 +68,17 @@ def run_cases(root: str, cases: list[tuple[str, dict]]) -> dict:
             records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             results[name].update(params=torch.load(out / "model.pt"), balance=[r for r in records if r["kind"] == "balance"])
     return results
+
+
+def launch_throttled(throttle: dict[str, str], root: str, cases: list[tuple[str, dict]], nproc: int) -> dict:
+    """run_cases in `nproc` launched workers that inherit `throttle` (the simulated slow device), restored afterwards:
+    the single-process references, run in the test process, never see it."""
+    from shoal.launch.local import launch_local
+
+    saved = {k: os.environ.get(k) for k in throttle}
+    os.environ.update(throttle)
+    try:
+        return launch_local(run_cases, (root, cases), nproc=nproc)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

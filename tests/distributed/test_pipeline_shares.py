@@ -5,14 +5,11 @@ a schedule per batch size (parallel/layout.py, Pipelined) lets the sizes differ 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import share_workers as sw
 
 from shoal.data import load
 from shoal.distributed import shutdown
-from shoal.launch.local import launch_local
 from shoal.models import build_model
 
 pytestmark = pytest.mark.dist
@@ -40,14 +37,8 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
-    throttle = {"SHOAL_TEST_SLOW_FACTOR": "1:2.0,3:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"}
-    saved = {k: os.environ.get(k) for k in throttle}
-    os.environ.update(throttle)
-    try:
-        return launch_local(sw.run_cases, (str(tmp_path_factory.mktemp("four")), list(CASES.items())), nproc=4)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0,3:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"},
+                               str(tmp_path_factory.mktemp("four")), list(CASES.items()), nproc=4)
 
 
 def initial_params(name: str) -> dict:

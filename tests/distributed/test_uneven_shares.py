@@ -3,13 +3,10 @@ union batch within 1e-5: under DDP with accumulation and clipping, and under FSD
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import share_workers as sw
 
 from shoal.distributed import shutdown
-from shoal.launch.local import launch_local
 
 pytestmark = pytest.mark.dist
 EXACT = 1e-5
@@ -26,14 +23,8 @@ def single(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
     """Rank 1 is a simulated device of half the speed (the test throttle), so measured shares have somewhere to go."""
-    throttle = {"SHOAL_TEST_SLOW_FACTOR": "1:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"}
-    saved = {k: os.environ.get(k) for k in throttle}
-    os.environ.update(throttle)  # the spawned workers inherit it; the single-process runs above do not
-    try:
-        return launch_local(sw.run_cases, (str(tmp_path_factory.mktemp("two")), list(sw.CASES.items())), nproc=2)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"},
+                               str(tmp_path_factory.mktemp("two")), list(sw.CASES.items()), nproc=2)
 
 
 def max_diff(a: dict, b: dict) -> float:
