@@ -44,6 +44,10 @@ CASES_2 += [("job", "gpt2", "fsdp2-saved", {"parallel": {"fsdp": 2}, "checkpoint
             ("job", "gpt2", "tp2-resumed", {"parallel": {"tp": 2}, "train": {"steps": 5}, "resume_of": "fsdp2-saved"})]
 CASES_2 += [("pq", k, "dp2", {}) for k in KINDS]  # Parquet list columns, each rank reading its rows: equal to the npz in one process
 CASES_2 += [("tt", "bert", "pp2", LAYOUTS_2["pp2"])]  # BERT sentence pairs (token_type_ids) through the pipeline's stage 0
+# parallel.meta_init: built on the meta device, only the local shards materialized (buffers too; Llama's rotary table,
+# which sits in no stage, rebuilt): equal to the ordinary single-process build.
+META = {"gpt2": ("fsdp2", "tp2"), "bert": ("tp2",), "llama": ("pp2",)}
+CASES_2 += [("job", k, f"{n}-meta", hw.merged(LAYOUTS_2[n], {"parallel": {"meta_init": True}})) for k, names in META.items() for n in names]
 LAYOUTS_4 = {"fsdp2-tp2": {"parallel": {"fsdp": 2, "tp": 2}}}
 CASES_4 = [("job", k, n, o) for n, o in LAYOUTS_4.items() for k in KINDS] + [("job", "gpt2", "tp4", {"parallel": {"tp": 4}})]
 
@@ -88,6 +92,8 @@ def _reference(single, route, kind, name):
         return single[("job", kind, "single")]
     if name.endswith("-resumed"):
         return single[(route, kind, "single-5")]
+    if name.endswith("-meta"):
+        return single[(route, kind, "single")]
     if "accum" in name:
         return single[(route, kind, "single-accum")]
     return single[(route, kind, "single-untied" if name.startswith("pp") and kind == "gpt2" else "single")]

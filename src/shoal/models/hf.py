@@ -5,16 +5,20 @@
 - `model.kwargs` are the config's keys (`n_layer`, `n_embd`, `hidden_size`, ...). Unless given there, the
   vocabulary (causal LMs) or `num_labels` (classifiers) comes from the data, the positions table covers the
   data's sequence length, and every dropout probability is `model.dropout` (0: runs equal a single process).
-- The weights are transformers' own initialisation under the job's seed, so every rank starts alike.
+- The weights come from transformers' own per-module initialisation (`_init_weights`), each tensor drawn alone
+  under a generator seeded by the job's seed and its name (shoal.models.hf_init), so every rank starts alike and
+  a model built on the meta device (`parallel.meta_init`) materializes exactly these values shard by shard.
 
 `transformers` is an optional extra: `pip install 'shoal[hf]'`.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from shoal.errors import ShoalError
+from shoal.models import hf_init
 
 SHORT = {"gpt2": "GPT2LMHeadModel", "bert": "BertForSequenceClassification", "llama": "LlamaForCausalLM"}
 POSITIONS = ("n_positions", "max_position_embeddings")
@@ -75,7 +79,9 @@ def build_hf(name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: 
         config = config_cls(**keys)
     except Exception as err:
         raise ShoalError(f"model.kwargs: {config_cls.__name__} rejected its keys ({type(err).__name__}: {err})") from None
+    seed = torch.initial_seed()  # build_model's seed
     try:
-        return cls(config)
+        model = cls(config)
     except Exception as err:
         raise ShoalError(f"model.name: building {cls.__name__} failed: {type(err).__name__}: {err}") from None
+    return hf_init.attach(model, cls, config, seed)

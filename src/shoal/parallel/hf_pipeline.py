@@ -39,8 +39,9 @@ def _join(h: torch.Tensor, *carried: torch.Tensor) -> torch.Tensor:
 
 
 def _given(c: torch.Tensor) -> torch.Tensor | None:
-    """A channel as the integers the model takes, or None where the batch had no such key."""
-    if not c.is_meta and bool((c == ABSENT).all()):
+    """A channel as the integers the model takes, or None where the batch had no such key (or, on the meta device,
+    where the stages are only being costed, its values are unknown: shapes are all that count there)."""
+    if c.is_meta or bool((c == ABSENT).all()):
         return None
     return c.long()
 
@@ -66,12 +67,19 @@ def _on_hidden(n, module, x):
     return _join(module(h), *c.split(1, dim=-1))
 
 
-def _gpt2_block(config, module, x):
+def _causal_mask(config, h, mask, position_ids):
+    """The whole model's causal mask; None on the meta device (costing stages: no values to build it from)."""
     from transformers.masking_utils import create_causal_mask
 
+    if h.is_meta:
+        return None
+    return create_causal_mask(config=config, inputs_embeds=h, attention_mask=mask, cache=None, position_ids=position_ids)
+
+
+def _gpt2_block(config, module, x):
     h, c = _split(x, 2)
     mask, position_ids = _given(c[..., 0]), c[..., 1].long()
-    causal = create_causal_mask(config=config, inputs_embeds=h, attention_mask=mask, cache=None, position_ids=position_ids)
+    causal = _causal_mask(config, h, mask, position_ids)
     out = module(h, None, causal, None, encoder_attention_mask=None, use_cache=False, position_ids=position_ids)
     return _join(out, c[..., :1], c[..., 1:])
 
@@ -85,20 +93,27 @@ def _bert_layer(config, module, x):
     from transformers.masking_utils import create_bidirectional_mask
 
     h, m = _split(x)
-    mask = create_bidirectional_mask(config=config, inputs_embeds=h, attention_mask=_given(m[..., 0]))
+    mask = None if h.is_meta else create_bidirectional_mask(config=config, inputs_embeds=h, attention_mask=_given(m[..., 0]))
     return _join(module(h, mask, None, encoder_attention_mask=None, cache=None), m)
 
 
 def _llama_layer(config, rotary, module, x):
-    from transformers.masking_utils import create_causal_mask
-
     h, c = _split(x, 2)
     mask, position_ids = _given(c[..., 0]), c[..., 1].long()
-    causal = create_causal_mask(config=config, inputs_embeds=h, attention_mask=mask, cache=None, position_ids=position_ids)
-    position_embeddings = rotary(h, position_ids=position_ids)  # no weights: recomputed in every block's stage
+    causal = _causal_mask(config, h, mask, position_ids)
+    position_embeddings = _rotary(rotary, config, h)(h, position_ids=position_ids)  # no weights: recomputed in every block's stage
     out = module(h, attention_mask=causal, position_embeddings=position_embeddings, position_ids=position_ids, cache=None,
                  use_cache=False)
     return _join(out, c[..., :1], c[..., 1:])
+
+
+def _rotary(holder: list, config, h: torch.Tensor) -> nn.Module:
+    """Llama's rotary table belongs to no stage, so parallel.meta_init leaves it on the meta device: a real one is
+    built from the config at first use (its buffers are computed from the config alone, as transformers does)."""
+    if not h.is_meta and any(b.is_meta for b in holder[0].buffers()):
+        with torch.device(h.device):
+            holder[0] = type(holder[0])(config=config)
+    return holder[0]
 
 
 def _drop_carried(n, module, x):
@@ -127,7 +142,7 @@ def chain(model: nn.Module) -> tuple[list[str], dict[str, Step]] | None:
         return list(steps), steps
     if kind == "llama" and hasattr(model, "lm_head") and hasattr(model, "model"):
         n = len(model.model.layers)
-        layer = functools.partial(_llama_layer, config, model.model.rotary_emb)
+        layer = functools.partial(_llama_layer, config, [model.model.rotary_emb])
         steps = {"model.embed_tokens": _embed, **{f"model.layers.{i}": layer for i in range(n)}, "model.norm": hidden2,
                  "lm_head": head2}
         return list(steps), steps

@@ -1,7 +1,8 @@
 """Models too big for one process: built on the meta device, given memory only for the local
 shards after every strategy ran, and filled from `init_parameter(name, shape)` one parameter at
-a time (each rank makes one whole tensor at once, at most, and keeps its slice). The values
-equal an ordinary build's, so layouts stay comparable with single-process runs.
+a time (each rank makes one whole tensor at once, at most, and keeps its slice), buffers from
+`init_buffer(name, shape)`. The values equal an ordinary build's, so layouts stay comparable with
+single-process runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def materialize(modules: list[nn.Module], source: nn.Module, device: torch.devic
                 p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
             else:
                 p.copy_(full)
+        for name, b in module.named_buffers():  # to_empty left them unset too
+            init_buffer = getattr(source, "init_buffer", None)
+            if init_buffer is None:
+                raise ShoalError(f"parallel.meta_init: {type(source).__name__} has buffer {name} and no init_buffer(name, shape) "
+                                 "method to fill it")
+            b.copy_(init_buffer(name, b.shape).to(device))
 
 
 def _ties(module: nn.Module) -> list[list[str]]:
