@@ -38,7 +38,7 @@ def warm(modules: Iterable[str]) -> None:
     A server already running keeps what it imported."""
     if method() != "forkserver":
         return
-    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__, *modules])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["shoal.launch.server_exit", __name__, *modules])
     forkserver.ensure_running()
 
 
