@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from shoal.cli import main
@@ -78,6 +80,13 @@ def test_a_data_parallel_step_by_hand():
     assert p.memory["activations"] == pytest.approx(2 * 34 * 16 * 4 * 64 * 4 / 2)  # 2 layers, micro-batch of 4, fp32
     ps = predict(TOY, Layout(dp=2), Cluster(TOY_DEVICE, TOY_NET, 1, 2), "sgd", Sync("param_server", servers=1))
     assert ps.time["gradient sync (exposed)"] == pytest.approx(2 * 2 * params * 4 / 1e9)  # nothing overlaps a push and pull
+    cpu = replace(TOY_DEVICE, overlaps_comm=False)  # gloo on CPU: the collectives take the compute's cores
+    serial = predict(TOY, Layout(dp=2), Cluster(cpu, TOY_NET, 1, 2), optimizer="sgd")
+    assert serial.time["gradient sync (exposed)"] == pytest.approx(comm)
+    assert serial.step_s == pytest.approx(compute + comm)
+    fsdp = predict(TOY, Layout(fsdp=2), Cluster(cpu, TOY_NET, 1, 2), optimizer="sgd")
+    gathers = 2 * all_gather_s(params * 4, 2, 1e9, 0.0) + reduce_scatter_s(params * 4, 2, 1e9, 0.0)
+    assert fsdp.time["fsdp gather/scatter (exposed)"] == pytest.approx(gathers)
 
 
 def test_groups_that_leave_the_node_use_the_network():

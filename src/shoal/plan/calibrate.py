@@ -95,9 +95,9 @@ def fit_link(times: dict, nproc: int) -> tuple[float, float]:
     return bw, latency
 
 
-def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: float) -> dict:
-    """The share of the matmul peak one training step of the job's own model reaches (forward, backward, optimizer) on
-    one process's share of the batch: what `achievable` should be for that model on this machine."""
+def _job_step(job: Path, nproc: int, threads: int, seconds: float, start, queue) -> None:
+    """One process's (FLOPs, median seconds) of the job's training step on its share of the batch, timed while the
+    other processes time theirs (`start`: a barrier), as training runs them: side by side on the same machine."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -107,6 +107,7 @@ def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: 
     from shoal.models import build_model
     from shoal.models.gpt import lm_loss
 
+    torch.set_num_threads(threads)
     cfg = load_job(job)
     splits = load_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
@@ -120,22 +121,37 @@ def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    step()
+    with FlopCounterMode(display=False) as counter:
         step()
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops = counter.get_total_flops()
-        times, start = [], time.perf_counter()
-        while len(times) < 3 or time.perf_counter() - start < seconds:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    step_s = sorted(times)[len(times) // 2]
-    return {"job": str(job), "job_step_s": step_s, "job_flops_per_step": flops, "job_achievable": flops / step_s / peak}
+    start.wait()
+    times, began = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - began < seconds:
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    queue.put((counter.get_total_flops(), sorted(times)[len(times) // 2]))
+
+
+def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: float) -> dict:
+    """The share of the matmul peak one training step of the job's own model reaches (forward, backward, optimizer) on
+    one process's share of the batch, with all `nproc` processes stepping at once (alone, one runs faster than it
+    will in training: they share memory bandwidth and caches): what `achievable` should be for that model here.
+    The slowest process counts: training goes at its pace."""
+    ctx = mp.get_context("spawn")
+    start, queue = ctx.Barrier(nproc), ctx.Queue()
+    procs = [ctx.Process(target=_job_step, args=(job, nproc, threads, seconds, start, queue)) for _ in range(nproc)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=600)
+    if any(proc.exitcode != 0 for proc in procs):
+        raise ShoalError(f"calibrate --job: timing {job}'s step failed in {nproc} processes (exit codes {[p.exitcode for p in procs]})")
+    results = [queue.get(timeout=10) for _ in procs]
+    flops = results[0][0]
+    step_s = max(t for _, t in results)
+    return {"job": str(job), "job_step_s": step_s, "job_flops_per_step": flops, "job_achievable": flops / step_s / peak,
+            "job_processes": nproc}
 
 
 def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None = None, nnodes: int = 1, node_rank: int = 0,
@@ -160,7 +176,8 @@ def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None 
     bw, latency = fit_link(times, nproc)
     fit = model_efficiency(job, nproc, threads, fp32, seconds) if job is not None else {}
     device = Device(f"{socket.gethostname()} CPU process ({threads} threads)", fp32, psutil.virtual_memory().total / nproc, bw, latency,
-                    achievable=min(fit.get("job_achievable", 1.0), 1.0), flash_attention=False, dtype_bytes=4)
+                    achievable=min(fit.get("job_achievable", 1.0), 1.0), flash_attention=False, dtype_bytes=4,
+                    overlaps_comm=False)  # gloo's collectives run on the cores the compute uses
     network = slowest(links, nnodes) if links else Network("intra (one machine: not measured)", bw, latency, 1.0)
     measured = {**fit, "nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
     if links:

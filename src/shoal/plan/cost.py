@@ -5,7 +5,8 @@ hand. Collectives are ring collectives under the alpha-beta model (latency per h
 the slowest link of the group); groups are laid out tp innermost (inside a node first), then fsdp,
 then dp, then pp, so a group uses NVLink when it fits in a node and the network otherwise.
 DDP and FSDP overlap their collectives with compute: what is exposed is what the compute window
-does not cover, and at least the last bucket (a tenth of it).
+does not cover, and at least the last bucket (a tenth of it). On a device that does not overlap (CPU,
+where gloo's collectives take the cores the compute needs) all of it is exposed.
 """
 
 from __future__ import annotations
@@ -154,8 +155,10 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     else:
         dp_comm = all_reduce_s(grad_bytes / L.fsdp, L.dp, dp_bw, dp_lat)
         window = backward / (L.microbatches if L.pp > 1 else 1)  # after a pipeline flush only the last backward overlaps
+    if not d.overlaps_comm:  # gloo on CPU: the collectives take the cores the compute needs
+        window = 0.0
     exposed = lambda comm, overlap: max(comm - overlap, LAST_BUCKET * comm) if comm else 0.0  # noqa: E731
-    fsdp_exposed = exposed(fsdp_comm, compute)
+    fsdp_exposed = exposed(fsdp_comm, compute if d.overlaps_comm else 0.0)
     dp_exposed = exposed(dp_comm, window) if window else dp_comm
     time = {"compute": compute, "pipeline bubble": bubble, "tensor-parallel collectives": tp_comm, "pipeline sends": pp_comm,
             "fsdp gather/scatter (exposed)": fsdp_exposed, "gradient sync (exposed)": dp_exposed}

@@ -25,6 +25,7 @@ class Device:
     achievable: float = 0.7
     flash_attention: bool = True  # fused attention: the scores are not kept for backward
     dtype_bytes: int = 2  # bf16 weights, gradients and activations (optimizer state stays fp32)
+    overlaps_comm: bool = True  # collectives run beside compute (GPU copy engines); on CPU gloo takes the same cores
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ DEVICES = {
     "h200": Device("H200-SXM", 989 * TF, 141 * GB, 450 * GB, 3e-6),
     "mi300x": Device("MI300X", 1307 * TF, 192 * GB, 448 * GB, 4e-6, achievable=0.55),
     # Shoal's own CPU path: fp32 everywhere, unfused attention; 2 processes sharing a 2-core machine.
-    "cpu": Device("CPU (2 cores)", 0.15 * TF, 24 * GB, 0.8 * GB, 50e-6, achievable=0.3, flash_attention=False, dtype_bytes=4),
+    "cpu": Device("CPU (2 cores)", 0.15 * TF, 24 * GB, 0.8 * GB, 50e-6, achievable=0.3, flash_attention=False, dtype_bytes=4,
+                  overlaps_comm=False),
 }
 NETWORKS = {
     "nvlink": Network("NVLink switch (NVL72-class)", 450 * GB, 3e-6, 0.85),
