@@ -70,18 +70,24 @@ def _collectives(rank: int, world: int, port: int, seconds: float, queue) -> Non
     dist.destroy_process_group()
 
 
-def measure_collectives(nproc: int, seconds: float) -> dict:
+def _in_processes(target, args: list[tuple], what: str, timeout_s: float, results: int = 0) -> list:
+    """target(*args[i], queue) in one spawned process each, all at once; the `results` items (default: one per process)
+    they put on the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_collectives, args=(r, nproc, port, seconds, queue))
-             for port in [_free_port()] for r in range(nproc)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    if any(p.exitcode != 0 for p in procs):
-        raise ShoalError(f"calibrate: the {nproc} measuring processes failed (exit codes {[p.exitcode for p in procs]})")
-    return queue.get(timeout=10)
+    procs = [ctx.Process(target=target, args=(*a, queue)) for a in args]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=timeout_s)
+    if any(proc.exitcode != 0 for proc in procs):
+        raise ShoalError(f"calibrate: {what} failed in {len(procs)} processes (exit codes {[p.exitcode for p in procs]})")
+    return [queue.get(timeout=10) for _ in range(results or len(procs))]
+
+
+def measure_collectives(nproc: int, seconds: float) -> dict:
+    port = _free_port()
+    return _in_processes(_collectives, [(r, nproc, port, seconds) for r in range(nproc)], "measuring collectives", 300, results=1)[0]
 
 
 def fit_link(times: dict, nproc: int) -> tuple[float, float]:
@@ -138,16 +144,8 @@ def model_efficiency(job: Path, nproc: int, threads: int, peak: float, seconds: 
     one process's share of the batch, with all `nproc` processes stepping at once (alone, one runs faster than it
     will in training: they share memory bandwidth and caches): what `achievable` should be for that model here.
     The slowest process counts: training goes at its pace."""
-    ctx = mp.get_context("spawn")
-    start, queue = ctx.Barrier(nproc), ctx.Queue()
-    procs = [ctx.Process(target=_job_step, args=(job, nproc, threads, seconds, start, queue)) for _ in range(nproc)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=600)
-    if any(proc.exitcode != 0 for proc in procs):
-        raise ShoalError(f"calibrate --job: timing {job}'s step failed in {nproc} processes (exit codes {[p.exitcode for p in procs]})")
-    results = [queue.get(timeout=10) for _ in procs]
+    start = mp.get_context("spawn").Barrier(nproc)
+    results = _in_processes(_job_step, [(job, nproc, threads, seconds, start)] * nproc, f"timing {job}'s step", 600)
     flops = results[0][0]
     step_s = max(t for _, t in results)
     return {"job": str(job), "job_step_s": step_s, "job_flops_per_step": flops, "job_achievable": flops / step_s / peak,

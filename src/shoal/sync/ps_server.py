@@ -195,26 +195,12 @@ class Server(Members):
         buffer = message(self.size)
         while min(self.clocks) < self.steps or self.waiting:
             src = dist.recv(buffer, src=None, group=self.wire, tag=TAG)  # any worker (servers never send to each other)
-            w = self.workers.index(src)
-            h = header(buffer)
-            step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
-            self.clocks[w] = step
-            grad = body(buffer).clone() if math.isfinite(norm) else None  # a non-finite push is dropped
-            if self.mode == "async":
-                self._stale(self.version - computed_on)
-                if grad is not None:
-                    self._apply(grad)
-                while self.scheduler.last_epoch < min(self.clocks):  # the schedule follows the slowest worker
-                    self.scheduler.step()
-            else:
-                self.pending.setdefault(step, {})[w] = (grad, computed_on)
-                self._complete_clocks()
-            self.waiting[w] = step
+            self._push(self.workers.index(src), buffer)
             self._release()
 
     def _push(self, w: int, buffer: torch.Tensor) -> None:
-        """ps.rejoin: worker w's push (async: applied on arrival; ssp: to its clock, or, for a clock completed while
-        w was away, applied on its own at once); its reply waits in `waiting` for _release."""
+        """Worker w's push (async: applied on arrival; ssp: to its clock, or, under ps.rejoin, for a clock completed
+        while w was away, applied on its own at once); its reply waits in `waiting` for _release."""
         h = header(buffer)
         step, computed_on, norm = int(h[0]), int(h[1]), float(h[2])
         self.clocks[w] = step
