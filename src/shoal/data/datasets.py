@@ -300,8 +300,7 @@ def _parquet_by_rows(cfg: DataConfig, seed: int, mode: str) -> Splits:
         train, eval_ = StreamRows(source, 0, n_train, cfg.stream_block_rows), StreamRows(source, n - n_eval, n_ev, cfg.stream_block_rows)
         used = np.concatenate([np.arange(n_train), np.arange(n - n_eval, n - n_eval + n_ev)])
     else:
-        tr, ev = _groups_held_out(source, n_eval, seed) if cfg.lanes else _rows_held_out(n, n_eval, seed)
-        tr, ev = tr[: _limit(len(tr), cfg.limit_train)], ev[: _limit(len(ev), cfg.limit_eval)]
+        tr, ev = _parquet_held_out(cfg, source, n_eval, seed)
         train, eval_ = RankRows(source, tr), RankRows(source, ev)
         used = np.sort(np.concatenate([tr, ev]))
     if len(train) == 0:
@@ -316,6 +315,13 @@ def _parquet_by_rows(cfg: DataConfig, seed: int, mode: str) -> Splits:
                          "rerun `shoal prep`")
     spec = DataSpec((len(source.features),), high + 1, len(train), len(eval_))
     return Splits(train, eval_ if len(eval_) else None, spec)
+
+
+def _parquet_held_out(cfg: DataConfig, source, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and evaluation rows of a Parquet source read per rank (whole row groups with data.lanes), within the
+    data.limit_* keys."""
+    tr, ev = _groups_held_out(source, n_eval, seed) if cfg.lanes else _rows_held_out(source.n_rows, n_eval, seed)
+    return tr[: _limit(len(tr), cfg.limit_train)], ev[: _limit(len(ev), cfg.limit_eval)]
 
 
 def _rows_held_out(n: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -415,8 +421,7 @@ def _tokens_by_rows(cfg: DataConfig, seed: int, columns: list[str]) -> Splits:
     source = ParquetSource([Path(cfg.path)], [], "", where)
     n = source.n_rows
     n_eval = int(round(n * cfg.eval_fraction))
-    tr, ev = _groups_held_out(source, n_eval, seed) if cfg.lanes else _rows_held_out(n, n_eval, seed)
-    tr, ev = tr[: _limit(len(tr), cfg.limit_train)], ev[: _limit(len(ev), cfg.limit_eval)]
+    tr, ev = _parquet_held_out(cfg, source, n_eval, seed)
     first = source._decode(0, ["input_ids"])["input_ids"] if source.groups else []
     seq_len = max((len(r) for r in first), default=1) if listed("input_ids") else 1
     scored = "input_ids" if task == "lm" else "labels"
@@ -426,8 +431,7 @@ def _tokens_by_rows(cfg: DataConfig, seed: int, columns: list[str]) -> Splits:
                   for g in range(len(source.groups))]
         values = np.concatenate(values) if values else np.zeros(0)
         known = (int(values.min()), int(values.max())) if len(values) else (0, -1)
-    source.stats.groups_read = source.stats.bytes_read = 0  # checks before training, not what training reads
-    source.stats.groups.clear()
+    source.stats.forget_checks()
     if known[0] < 0:
         what = "token ids are 0..vocab-1" if scored == "input_ids" else "labels must be class codes 0..C-1"
         raise ShoalError(f"{where}: column '{scored}' holds the negative value {known[0]}; {what}")

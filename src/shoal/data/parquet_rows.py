@@ -33,6 +33,11 @@ class ReadStats:
     bytes_read: int = 0
     groups: set = field(default_factory=set)
 
+    def forget_checks(self) -> None:
+        """Drop what scans before training decoded (label ranges, first rows): not what training reads."""
+        self.groups_read = self.bytes_read = 0
+        self.groups.clear()
+
     def as_record(self) -> dict:
         return {"rows_read": self.rows_read, "row_groups_read": self.groups_read, "peak_bytes": self.peak_bytes,
                 "on_demand_rows": self.on_demand_rows, "bytes_read": self.bytes_read, "distinct_row_groups": len(self.groups)}
@@ -124,8 +129,7 @@ class ParquetSource:
                 if len(y):
                     low = int(y.min()) if low is None else min(low, int(y.min()))
                     high = int(y.max()) if high is None else max(high, int(y.max()))
-        self.stats.groups_read = self.stats.bytes_read = 0  # the scan is a check before training, not what training reads
-        self.stats.groups.clear()
+        self.stats.forget_checks()
         return (low or 0, high if high is not None else -1)
 
     def _label_statistics(self) -> tuple[int, int] | None:

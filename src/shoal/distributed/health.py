@@ -76,7 +76,7 @@ class Health:
         self.hosts = [self.host] * self.group.size
         self.slow_hook = fault_injection.slow_step(env.rank)  # None outside the fault tests
         self.hang_hook = fault_injection.hang_after_step(env.rank)
-        self.eval_hang_hook = fault_injection.hang_before(env.rank)
+        self.phase_hang_hook = fault_injection.hang_before(env.rank)
         self.pace_hook = fault_injection.pace_step(env.rank)
         self.recent_s: collections.deque[float] = collections.deque(maxlen=32)  # wall seconds of the last steps
         self.store = None
@@ -136,8 +136,8 @@ class Health:
     def guard(self, what: str):
         """Collectives outside a step (records, evaluation, checkpoints): a failed one is named like a step's, not
         left as gloo's raw message. `what` says where, e.g. "in the evaluation after step 8"."""
-        if self.eval_hang_hook is not None:
-            self.eval_hang_hook(what)
+        if self.phase_hang_hook is not None:
+            self.phase_hang_hook(what)
         try:
             yield
         except RuntimeError as err:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shoal.data.batches import batch_len
 from shoal.errors import ShoalError
 from shoal.infer.source import Source
 
@@ -22,11 +23,7 @@ class Inputs:
     path: Path
 
     def __len__(self) -> int:
-        return rows_of(self.x)
-
-
-def rows_of(x) -> int:
-    return len(x["input_ids"]) if isinstance(x, dict) else len(x)
+        return batch_len(self.x)
 
 
 def take(x, start: int, stop: int):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.data.batches import IGNORE, call_model
-from shoal.infer.inputs import rows_of, take
+from shoal.data.batches import IGNORE, batch_len, call_model
+from shoal.infer.inputs import take
 from shoal.models.gpt import lm_loss
 from shoal.train.losses import scores_of
 
@@ -23,7 +23,7 @@ def scores(output, num_classes: int, key: str = "logits") -> torch.Tensor:
 def forward_batches(model: nn.Module, x, batch: int, num_classes: int, key: str = "logits") -> torch.Tensor:
     """Model outputs of every sample (a tensor, or a dict of columns: `model(**batch)`), in order; a padded
     vocabulary's extra logits are dropped."""
-    n = rows_of(x)
+    n = batch_len(x)
     if n == 0:  # a replica whose shard is empty (more replicas than samples) still has the output's shape
         return scores(call_model(model, x), num_classes, key)
     return torch.cat([scores(call_model(model, take(x, i, i + batch)), num_classes, key) for i in range(0, n, batch)])

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shoal.data.batches import batch_len
 from shoal.errors import ShoalError
 from shoal.infer.generate import encode, generate
-from shoal.infer.inputs import read, rows_of, take
+from shoal.infer.inputs import read, take
 from shoal.infer.job import InferJob
 from shoal.infer.output import write_shard
 from shoal.infer.predict import forward_batches, predictions, scores
@@ -110,10 +111,10 @@ def split_worker(job: InferJob) -> dict:
     started = time.perf_counter()
     for i in range(0, len(inputs), batch):
         x = take(inputs.x, i, i + batch)
-        valid = rows_of(x)
+        valid = batch_len(x)
         if valid < batch and job.split == "pp":  # the schedule's shapes are fixed: pad the last batch, drop the padding
             x = _pad_rows(x, batch)
-        out = layout.predict(x, torch.zeros(rows_of(x)))
+        out = layout.predict(x, torch.zeros(batch_len(x)))
         if out is not None:
             outputs.append(scores(out, source.spec.num_classes, source.cfg.train.output_key)[:valid])
     if _writes(layout, env):

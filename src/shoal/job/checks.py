@@ -14,7 +14,7 @@ from shoal.distributed.mesh import ParallelDims, check_layout
 from shoal.errors import ShoalError
 from shoal.launch.nodes import node_counts
 from shoal.plugins import import_plugins
-from shoal.train.balance import in_units
+from shoal.train.balance import in_units, share_unit
 
 
 def check_batching(cfg: JobConfig, n_train: int, world: int | ParallelDims) -> ParallelDims:
@@ -46,7 +46,7 @@ def check_batch_shares(cfg: JobConfig, dims: ParallelDims) -> None:
     """parallel.batch_shares / balance: one share per data-parallel rank, each getting samples of every full batch
     (under a pipeline: whole units of microbatches x grad_accum, train/balance.py)."""
     p, batch, replicas = cfg.parallel, cfg.train.global_batch_size, dims.dp_size
-    unit = dims.microbatches * cfg.train.grad_accum if dims.pp > 1 else 1
+    unit = share_unit(dims, cfg.train.grad_accum)
     if unit > 1 and (batch % unit or batch // unit < replicas):
         raise ShoalError(
             f"parallel.batch_shares / balance with parallel.pp = {dims.pp}: every replica's share is a multiple of "

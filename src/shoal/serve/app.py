@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shoal.data.batches import batch_len
 from shoal.errors import ShoalError
 from shoal.serve.batcher import Batcher, QueueFull, Work
 from shoal.serve.metrics import Metrics
@@ -76,7 +77,7 @@ def create_app(service: Service) -> Starlette:
                 x = predict_inputs(data, service.limits)
                 if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
                     x = await prepared(x)
-                work = Work("predict", x, len(x["input_ids"]) if isinstance(x, dict) else len(x))
+                work = Work("predict", x, batch_len(x))
             else:
                 work = Work("generate", generate_request(data, service.limits))
         except BaseException:

@@ -63,6 +63,11 @@ def shares_for(batch: int, speeds: list[float], minimum: int = 1) -> list[int]:
         floored.update(low)
 
 
+def share_unit(dims: ParallelDims, grad_accum: int) -> int:
+    """Samples every share is a multiple of: a pipeline replica's micro-batches x grad_accum (1 without a pipeline)."""
+    return dims.microbatches * grad_accum if dims.pp > 1 else 1
+
+
 def in_units(batch: int, weights: list[float], unit: int) -> list[int]:
     """Sample counts proportional to `weights` (largest remainder), each a multiple of `unit` (a pipeline replica's
     micro-batches x grad_accum, so its schedule splits every share evenly), summing to `batch`."""
@@ -86,7 +91,7 @@ class Balance:
         self.measure = p.balance == "speed" and self.ranks > 1
         self.active = self.configured or self.measure
         self.threshold = p.balance_threshold
-        self.unit = dims.microbatches * cfg.train.grad_accum if dims.pp > 1 else 1  # shares a pipeline splits evenly
+        self.unit = share_unit(dims, cfg.train.grad_accum)  # shares a pipeline splits evenly
         self.shares = in_units(self.batch, p.batch_shares or [1] * self.ranks, self.unit)
         self.speeds = [0.0] * self.ranks  # samples per busy second of each data-parallel rank (0: not measured)
         self.windows = 0  # log windows measured so far

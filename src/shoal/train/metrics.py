@@ -32,9 +32,12 @@ def classification_metrics(num_classes: int, device: torch.device, group: Traini
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-    pg = {"process_group": group.group} if group is not None and group.group is not None else {}
     if group is not None and group.size == 1:
         pg = {"sync_on_compute": False}  # a group of one has nothing to gather (and may be a process whose groups are not its own)
+    elif group is not None and group.group is not None:
+        pg = {"process_group": group.group}
+    else:
+        pg = {}
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro", **pg),

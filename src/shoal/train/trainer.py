@@ -104,10 +104,11 @@ class Trainer:
         self.train_set, self.eval_set, self.num_classes = train_set, eval_set, num_classes
         self.plan = sync.batch_plan(len(train_set), train_set)
         self.steps = sync.total_steps(self.plan)
-        self.layout = parallel.build(model, env, cfg, dims, self._sample_microbatch()[0], sync.wrap)
+        sample = self._sample_microbatch()
+        self.layout = parallel.build(model, env, cfg, dims, sample[0], sync.wrap)
         self.model = self.layout.model
         if resume_from is not None:
-            self._prepare_resume()
+            self._prepare_resume(sample)
         self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
         score = ReplicaScore(self.layout, eval_set, self.loss_fn, num_classes) if eval_set is not None and self.loss_fn.classes else None
@@ -139,10 +140,10 @@ class Trainer:
         print(f"{self.health.host}: {ranks} of {env.world_size} train here; global rank 0 runs on {self.health.hosts[0]}, "
               f"which prints progress and the summary (records: the run directory there)", flush=True)
 
-    def _prepare_resume(self) -> None:
+    def _prepare_resume(self, sample: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Before monitors and clocks exist and before the checkpoint is loaded: the layout's throw-away step (if it
         needs one) leaves nothing behind that the load does not overwrite; its bytes are not the run's."""
-        if self.layout.prepare_resume(*self._sample_microbatch(), self.loss_fn):
+        if self.layout.prepare_resume(*sample, self.loss_fn):
             self.sync.stats()
 
     def _step_batch(self) -> int:
