@@ -15,6 +15,7 @@ restated here); results in benchmarks/results/plan-scale.json.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from shoal.plan import Layout, ModelShape, predict, preset
@@ -45,6 +46,8 @@ def main() -> None:
     rows = []
     for name, shape, spec, devices, (tp, pp, dp), schedule, recompute, published, counts in RUNS:
         cluster = preset(spec, devices // 8, 8)
+        if name.startswith("Megatron"):  # 2021: a fused softmax over materialised scores (flash attention came in 2022)
+            cluster = replace(cluster, device=replace(cluster.device, flash_attention=False))
         m = shape.batch // dp  # micro-batches of one sequence
         v = 2 if schedule == "interleaved" else 1  # two chunks per rank (Llama 3's 126 layers split unevenly; the model takes L / pp)
         layout = Layout(dp=dp, tp=tp, pp=pp, microbatches=m, schedule=schedule if v == 2 else "1f1b", stages_per_rank=v, recompute=recompute)

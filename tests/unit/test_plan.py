@@ -89,6 +89,25 @@ def test_a_data_parallel_step_by_hand():
     assert fsdp.time["fsdp gather/scatter (exposed)"] == pytest.approx(gathers)
 
 
+def test_element_wise_work_takes_its_bytes_over_the_memory_bandwidth():
+    """Norms, activations, softmax: 2 passes over the kept activations forward, 3 backward, 2 more to recompute."""
+    kept = TOY.activation_bytes_per_layer(8, tp=2, flash=False, dtype_bytes=4)
+    assert kept == (34 * 16 * 8 * 64 + 5 * 4 * 16 * 16 * 8) * 4 / 2 / 2
+    assert TOY.elementwise_bytes_per_layer(8, 2, False, 4) == 5 * kept
+    assert TOY.elementwise_bytes_per_layer(8, 2, False, 4, recompute=True) == 7 * kept
+    streaming = replace(TOY_DEVICE, mem_bw=1e9, flash_attention=False)
+    flat = predict(TOY, Layout(tp=2), Cluster(TOY_DEVICE, TOY_NET, 1, 2), optimizer="sgd")
+    p = predict(TOY, Layout(tp=2), Cluster(streaming, TOY_NET, 1, 2), optimizer="sgd")
+    assert flat.time["element-wise (memory-bound)"] == 0.0  # a device without mem_bw: inside `achievable`
+    assert p.time["element-wise (memory-bound)"] == pytest.approx(2 * 5 * kept / 1e9)  # 2 layers, 8 sequences in one micro-batch
+    assert p.time["compute"] == pytest.approx(flat.time["compute"])
+    assert p.step_s == pytest.approx(flat.step_s + 2 * 5 * kept / 1e9)
+    piped = predict(TOY, Layout(pp=2, microbatches=4), Cluster(streaming, TOY_NET, 1, 2), optimizer="sgd")
+    per_stage = 1 * 4 * TOY.elementwise_bytes_per_layer(2, 1, False, 4) / 1e9  # 1 layer per stage, 4 micro-batches of 2
+    assert piped.time["element-wise (memory-bound)"] == pytest.approx(per_stage)
+    assert piped.time["pipeline bubble"] == pytest.approx((piped.time["compute"] + per_stage) * 1 / 4)
+
+
 def test_groups_that_leave_the_node_use_the_network():
     slow = Network("slow", 1e8, 0.0, 1.0)  # a tenth of the node's 1 GB/s (0.8 x 1.25)
     inside = predict(TOY, Layout(dp=2), Cluster(TOY_DEVICE, slow, 1, 2)).time["gradient sync (exposed)"]

@@ -2,7 +2,8 @@
 
 Why an explicit, small model: every number in a plan can be traced to a formula a test checks by
 hand. Collectives are ring collectives under the alpha-beta model (latency per hop plus bytes over
-the slowest link of the group); groups are laid out tp innermost (inside a node first), then fsdp,
+the slowest link of the group); element-wise ops take the bytes they move over the memory's
+bandwidth (shapes.py); groups are laid out tp innermost (inside a node first), then fsdp,
 then dp, then pp, so a group uses NVLink when it fits in a node and the network otherwise.
 DDP and FSDP overlap their collectives with compute: what is exposed is what the compute window
 does not cover, and at least the last bucket (a tenth of it). On a device that does not overlap (CPU,
@@ -128,7 +129,10 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     rate = d.peak_flops * d.achievable
     # compute, and the pipeline's idle share
     flops = seqs * shape.seq * shape.train_flops_per_token(L.recompute) / (L.tp * L.pp)
-    compute = flops / rate
+    moved = shape.layers / L.pp * L.microbatches * shape.elementwise_bytes_per_layer(micro, L.tp, d.flash_attention, d.dtype_bytes,
+                                                                                    L.recompute)
+    elementwise = moved / d.mem_bw if d.mem_bw else 0.0
+    compute = flops / rate + elementwise
     bubble = compute * bubble_fraction(L.pp, L.microbatches, L.schedule, L.stages_per_rank)
     backward = compute * (2 / 4 if L.recompute else 2 / 3)
     # tensor parallel: 2 all-reduces (or all-gather + reduce-scatter pairs) per layer forward, 2 backward, 2 more to recompute
@@ -160,7 +164,8 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     exposed = lambda comm, overlap: max(comm - overlap, LAST_BUCKET * comm) if comm else 0.0  # noqa: E731
     fsdp_exposed = exposed(fsdp_comm, compute if d.overlaps_comm else 0.0)
     dp_exposed = exposed(dp_comm, window) if window else dp_comm
-    time = {"compute": compute, "pipeline bubble": bubble, "tensor-parallel collectives": tp_comm, "pipeline sends": pp_comm,
+    time = {"compute": compute - elementwise, "element-wise (memory-bound)": elementwise, "pipeline bubble": bubble,
+            "tensor-parallel collectives": tp_comm, "pipeline sends": pp_comm,
             "fsdp gather/scatter (exposed)": fsdp_exposed, "gradient sync (exposed)": dp_exposed}
     step = sum(time.values())
     # memory per device

@@ -3,7 +3,9 @@
 Why presets: planning a 1,024-GPU run must not need the cluster. Figures are the vendors' dense
 16-bit peaks and nominal one-direction link speeds; `achievable` is the share of peak that large
 training matmuls reach (about 0.7 on these GPUs), `link_efficiency` the share of nominal bandwidth a
-ring collective reaches. A calibrated profile replaces both with what this machine measured.
+ring collective reaches, `mem_bw` what streaming (element-wise) kernels reach of the memory's nominal
+bandwidth (STREAM-class kernels reach about 0.8 of it on HBM). A calibrated profile replaces them with
+what this machine measured.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Device:
     flash_attention: bool = True  # fused attention: the scores are not kept for backward
     dtype_bytes: int = 2  # bf16 weights, gradients and activations (optimizer state stays fp32)
     overlaps_comm: bool = True  # collectives run beside compute (GPU copy engines); on CPU gloo takes the same cores
+    mem_bw: float = 0.0  # bytes/s element-wise kernels stream from device memory (0: their time is not modelled)
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,12 @@ class Cluster:
 
 
 GB, TF = 1e9, 1e12
+STREAM = 0.8  # the share of nominal memory bandwidth streaming kernels reach
 DEVICES = {
-    "a100": Device("A100-80GB", 312 * TF, 80 * GB, 300 * GB, 3e-6),
-    "h100": Device("H100-SXM", 989 * TF, 80 * GB, 450 * GB, 3e-6),
-    "h200": Device("H200-SXM", 989 * TF, 141 * GB, 450 * GB, 3e-6),
-    "mi300x": Device("MI300X", 1307 * TF, 192 * GB, 448 * GB, 4e-6, achievable=0.55),
+    "a100": Device("A100-80GB", 312 * TF, 80 * GB, 300 * GB, 3e-6, mem_bw=STREAM * 2039 * GB),
+    "h100": Device("H100-SXM", 989 * TF, 80 * GB, 450 * GB, 3e-6, mem_bw=STREAM * 3350 * GB),
+    "h200": Device("H200-SXM", 989 * TF, 141 * GB, 450 * GB, 3e-6, mem_bw=STREAM * 4800 * GB),
+    "mi300x": Device("MI300X", 1307 * TF, 192 * GB, 448 * GB, 4e-6, achievable=0.55, mem_bw=STREAM * 5300 * GB),
     # Shoal's own CPU path: fp32 everywhere, unfused attention; 2 processes sharing a 2-core machine.
     "cpu": Device("CPU (2 cores)", 0.15 * TF, 24 * GB, 0.8 * GB, 50e-6, achievable=0.3, flash_attention=False, dtype_bytes=4,
                   overlaps_comm=False),

@@ -8,7 +8,11 @@ Why formulas and not the model itself: the planner must size models that do not 
 - attention adds 2 * 2 * seq * dim FLOPs per token and layer (scores and weighted sum, causal mask
   not discounted, as Megatron counts it);
 - activations kept per layer and sequence of a micro-batch (16-bit): seq * b * dim * 34 bytes, plus
-  5 * heads * seq^2 * b when the attention scores are kept (no fused/flash attention).
+  5 * heads * seq^2 * b when the attention scores are kept (no fused/flash attention);
+- element-wise work (norms, activations, dropout, softmax, residual adds) is bound by memory traffic,
+  not FLOPs: forward writes each kept tensor once and the next op reads it (2 passes over the kept
+  bytes), backward reads it and the incoming gradient and writes the outgoing one (3), and
+  recomputation repeats the forward (2 more).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class ModelShape:
         sbh = self.seq * micro_batch * self.dim
         kept = 34.0 * sbh + (0.0 if flash else 5.0 * self.heads * self.seq * self.seq * micro_batch)
         return kept * dtype_bytes / 2 / tp
+
+    def elementwise_bytes_per_layer(self, micro_batch: int, tp: int = 1, flash: bool = True, dtype_bytes: int = 2,
+                                    recompute: bool = False) -> float:
+        """Bytes one layer's element-wise ops move through memory for one micro-batch's forward and backward."""
+        return (7.0 if recompute else 5.0) * self.activation_bytes_per_layer(micro_batch, tp, flash, dtype_bytes)
 
 
 SHAPE_KEYS = {f.name: f.type for f in fields(ModelShape)}
