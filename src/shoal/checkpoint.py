@@ -6,7 +6,8 @@ it holds any number of named stateful parts (a compressor's error feedback, a sy
 clocks, an outer optimizer): each rank's `state_dict()` of each part, restored on the same
 world size. Every rank writes its shards into
 `.tmp-step-00000123/`; only after all ranks finished does rank 0 rename it into place, so a
-crash mid-write never leaves a directory that looks complete. Model and optimizer go through
+crash mid-write never leaves a directory that looks complete (`save_alone`: one rank writes and commits
+a whole checkpoint by itself, ps.rejoin's server). Model and optimizer go through
 DCP's state-dict API, keyed by the unwrapped model's names, so a checkpoint written under one
 layout (DDP, FSDP, TP, another world size) loads under another.
 """
@@ -22,6 +23,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -254,15 +256,51 @@ class Checkpointer:
             fault(step)  # test hook: dies here, after the shards and before the commit
         self._barrier()
         if self.rank == 0:
-            info = {**meta, "run_id": self.run_id, "step": step, "world_size": self.world, "saved_at": time.time(),
-                    "save_s": time.perf_counter() - started}
-            (tmp / MARKER).write_text(json.dumps(info, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in complete_checkpoints(self.root)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            self._publish(step, tmp, final, meta, started)
         self._barrier()
+
+    def _publish(self, step: int, tmp: Path, final: Path, meta: dict, started: float) -> None:
+        """The marker, then the rename into place: only now does the checkpoint count; old ones beyond `keep` go."""
+        info = {**meta, "run_id": self.run_id, "step": step, "world_size": self.world, "saved_at": time.time(),
+                "save_s": time.perf_counter() - started}
+        (tmp / MARKER).write_text(json.dumps(info, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(self.root)[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def save_alone(self, step: int, modules: list[nn.Module], meta: dict, parts: dict[str, Stateful]) -> Path:
+        """Not a collective: this rank alone writes and commits a whole checkpoint (ps.rejoin: the server holds the run's
+        state, and a worker that died must not stop it). The model's entries (for export and inference), the step and
+        this rank's parts; the same temporary name, marker and rename as `save`."""
+        started = time.perf_counter()
+        tmp, final = self.root / f".tmp-step-{step:08d}", step_dir(self.root, step)
+        state = {"model": get_model_state_dict(_single_module(modules)), "train": {"step": step},
+                 **{_part_key(name, self.rank): _pack(part) for name, part in parts.items()}}
+        with writing(self.root, f"checkpoint step {step}", tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            with warnings.catch_warnings():  # DCP warns that it saves "in a single process": that is the point
+                warnings.filterwarnings("ignore", message=".*single process.*")
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=True)
+            self._publish(step, tmp, final, meta, started)
+        return final
+
+    def load_alone(self, path: Path, parts: dict[str, Stateful]) -> TrainState:
+        """Not a collective: this rank's parts of a checkpoint `save_alone` wrote (same world size: its caller checks)."""
+        read_marker(path)
+        missing = [name for name in parts if _part_key(name, self.rank) not in saved_keys(path)]
+        if missing:
+            raise ShoalError(f"checkpoint '{path}' has no {', '.join(missing)} state of rank {self.rank}: it was not written by "
+                             "this job's layout; resume it with the settings that wrote it, or train into another directory")
+        state: dict[str, Any] = {"train": {"step": 0}, **{_part_key(name, self.rank): io.BytesIO() for name in parts}}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        for name, part in parts.items():
+            _unpack(part, state[_part_key(name, self.rank)])
+        return TrainState(step=int(state["train"]["step"]), parts=sorted(parts))
 
     def load(self, path: Path, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler,
              parts: dict[str, Stateful] | None = None) -> TrainState:

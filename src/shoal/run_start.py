@@ -121,6 +121,17 @@ def run_complete(out: Path, step: int, total: int) -> ShoalError:
                       "or train.epochs, or start another run")
 
 
+def _same_everywhere(root: Path, latest: Path | None) -> None:
+    """Collective: every rank continues from the same checkpoint, or none does (a directory that is not shared between
+    the nodes shows each its own; ps.rejoin's server writes alone, with no shared-directory check at its saves)."""
+    seen: list = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, latest.name if latest is not None else None)
+    if len(set(seen)) > 1:
+        who = ", ".join(f"rank {r}: {name or 'none'}" for r, name in enumerate(seen))
+        raise ShoalError(f"the ranks see different newest checkpoints in '{root}' ({who}); put --out on a file system every "
+                         "node shares (NFS, a Kubernetes PersistentVolumeClaim), or train into another directory")
+
+
 def _checkpoints(cfg, env, out: Path, resume: bool, restarted: bool, run_id: str | None, wanted: str | None,
                  run_dir: RunDir | None) -> tuple[Checkpointer | None, Path | None]:
     """Checkpointing needs a run directory; resuming needs a complete checkpoint of this run in it."""
@@ -137,6 +148,8 @@ def _checkpoints(cfg, env, out: Path, resume: bool, restarted: bool, run_id: str
             print(f"warning: {note}", file=sys.stderr)
             if run_dir is not None and latest is not None:
                 run_dir.log({"kind": "warning", "message": note, "path": str(path)})
+    if (resume or restarted) and env.world_size > 1:
+        _same_everywhere(checkpoints.root, latest)
     if resume and latest is None and not restarted:
         raise nothing_to_resume(checkpoints.root, skipped)
     if restarted and latest is None and run_dir is not None:

@@ -199,17 +199,19 @@ max_restarts = 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["async", "ssp"])
-def test_a_killed_worker_leaves_the_others_training_and_rejoins(dirs, mode):
+@pytest.mark.parametrize("mode, checkpoints", [("async", False), ("ssp", False), ("ssp", True)])
+def test_a_killed_worker_leaves_the_others_training_and_rejoins(dirs, mode, checkpoints):
     """ps.rejoin: worker rank 2 of 3 is SIGKILLed after its step 10 and stays away 1.5 s. Worker 0 keeps stepping without
     it (its records go on, the server counting 2 workers), the killed worker rejoins with the current parameters and goes
     on from step 11; the run ends with all 3 (the last step is an agreement point), every one of the 3 x 120 pushes
     applied exactly once (the server refuses a repeated or skipped step), and digits learned (measured: async 0.93,
     0.89). ssp (staleness 2): its clocks complete without the absent worker, whose late pushes are applied on their own
-    as it catches up. About 20 s each."""
-    job = dirs / f"rejoin-{mode}.toml"
-    job.write_text(REJOIN.replace('mode = "async"', f'mode = "{mode}"\nstaleness = 2'))
-    out = dirs / f"rejoin-{mode}"
+    as it catches up. With checkpoints (every 20 of worker 0's steps, and at the end) the server writes them alone, also
+    while worker 2 is away, and nobody restarts. About 20 s each."""
+    text = REJOIN.replace("at_end = false", "at_end = true\nevery = 20\nkeep = 10") if checkpoints else REJOIN
+    job = dirs / f"rejoin-{mode}-{checkpoints}.toml"
+    job.write_text(text.replace('mode = "async"', f'mode = "{mode}"\nstaleness = 2'))
+    out = dirs / f"rejoin-{mode}-{checkpoints}"
     paced = {"SHOAL_TEST_PACE_S": "0.01"}  # every step >= 10 ms on every worker: worker 0 is mid-run when worker 2 dies
     run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": "2:10", "SHOAL_TEST_REJOIN_DELAY_S": "1.5", **paced})
     said = run.stderr
@@ -227,3 +229,71 @@ def test_a_killed_worker_leaves_the_others_training_and_rejoins(dirs, mode):
     assert mode == "async" or all(r["staleness_max"] <= 2 for r in train)
     assert train[-1]["ps_workers"] == 3 and train[-1]["ps_updates"] == 3 * 120
     assert records(out, "eval")[-1]["accuracy"] >= 0.85, records(out, "eval")[-1]
+    if checkpoints:
+        written = sorted((out / "checkpoints").glob("step-*"))
+        assert [p.name for p in written] == [f"step-{s:08d}" for s in range(20, 121, 20)], written
+        states = [server_state(p) for p in written]
+        assert any(st["clocks"][2] == 10 for st in states), [st["clocks"] for st in states]  # taken while worker 2 was away
+        assert states[-1]["clocks"] == [120] * 3 and states[-1]["applied"] == 3 * 120
+
+
+class _Kept:
+    """A stand-in part that keeps whatever state a checkpoint hands it."""
+
+    state: dict = {}
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
+
+
+def server_state(checkpoint, rank: int = 3) -> dict:
+    """The parameter server's own state in a ps.rejoin checkpoint (its range, clocks, counters), read without processes."""
+    from shoal.checkpoint import Checkpointer
+
+    kept = _Kept()
+    Checkpointer(checkpoint.parent, rank, 0).load_alone(checkpoint, {"ps_server": kept})
+    return kept.state
+
+
+# ps.rejoin with the server's checkpoints: every 20 of worker 0's steps and at the end, all kept (to read step 40's).
+# Momentum 0.5: with 0.9 these asynchronous runs end anywhere between 0.3 and 0.9 (measured); 0.5 ends at 0.91-0.92.
+REJOIN_CHECKPOINTS = REJOIN.replace("momentum = 0.9", "momentum = 0.5").replace(
+    "at_end = false", "at_end = true\nevery = 20\nkeep = 10")
+
+
+@pytest.mark.slow
+# Accuracy after 120 steps: async (360 updates of 12 samples) 0.91-0.92 uninterrupted; ssp (120 clock updates of 36,
+# as sync) 0.81 uninterrupted and 0.81 restarted (measured).
+@pytest.mark.parametrize("mode, kill, killed, least", [("async", "3:50", 3, 0.85), ("ssp", "1:50:own", 1, 0.78)])
+def test_a_rejoin_run_restarts_from_the_servers_checkpoint(dirs, mode, kill, killed, least):
+    """ps.rejoin with checkpoints: the server checkpoints alone every 20 of worker 0's steps. async: the server (rank 3)
+    is SIGKILLed once it took in worker 0's push of step 50; ssp (staleness 2): worker rank 1's own process (the one the
+    agent started; its training child dies with it). Either way the agent restarts the group, the server restores step
+    40's checkpoint and every worker joins as if rejoining, at its clock there. Worker 0's records of steps 41-50 are
+    replaced (each step logged once), the server applies exactly the pushes the workers had not made at the checkpoint
+    (360 in all, its clocks say whose), the final model and checkpoint are written, digits are learned, and ssp's
+    staleness stays within its bound across the restart. About 25 s each."""
+    job = dirs / f"rejoin-ckpt-{mode}.toml"
+    job.write_text(REJOIN_CHECKPOINTS.replace('mode = "async"', f'mode = "{mode}"\nstaleness = 2'))
+    out = dirs / f"rejoin-ckpt-{mode}"
+    run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": kill, "SHOAL_TEST_PACE_S": "0.01"})
+    said = [line for line in run.stderr.splitlines() if "restarting the workers" in line]
+    assert len(said) == 1 and f"rank {killed} on " in said[0] and "(killed by SIGKILL)" in said[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "UserWarning" not in run.stderr, run.stderr[-3000:]
+    (resumed,) = records(out, "resume")
+    assert resumed["step"] == 40 and resumed["parts"] == ["ps_server"] and resumed["path"].endswith("step-00000040"), resumed
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 121))  # steps 41-50 of the killed attempt were replaced
+    assert all(r["unix_time"] >= resumed["unix_time"] for r in train[40:]) and train[39]["unix_time"] < resumed["unix_time"]
+    at40, end = server_state(out / "checkpoints" / "step-00000040"), server_state(out / "checkpoints" / "step-00000120")
+    assert at40["clocks"][0] == 40 and end["clocks"] == [120, 120, 120], (at40["clocks"], end["clocks"])
+    waiting = sum(len(pushes) for pushes in at40["pending"].values())  # ssp: pushes of clocks not complete yet
+    assert at40["applied"] + waiting == sum(at40["clocks"])  # the checkpoint holds every push its clocks count
+    assert end["applied"] == 3 * 120 and not end["pending"]  # so after it exactly the 360 - sum(clocks) pushes not made
+    assert train[-1]["ps_updates"] == 3 * 120 and train[-1]["comm_rounds"] == 120
+    assert mode == "async" or all(r["staleness_max"] <= 2 for r in train) and end["stale_max"] <= 2
+    assert (out / "model.pt").is_file() and set(weights(out)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    assert records(out, "eval")[-1]["accuracy"] >= least, records(out, "eval")[-1]

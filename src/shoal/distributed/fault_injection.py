@@ -2,7 +2,9 @@
 
 - SHOAL_TEST_KILL="RANK:STEP" sends SIGKILL to rank RANK right after optimizer step STEP;
   "RANK:STEP:save" kills it inside the checkpoint save of step STEP, after its shards are
-  written and before the commit.
+  written and before the commit; "RANK:STEP:own" (ps.rejoin) kills the worker's own process, the
+  one the agent started, from its training child after step STEP (the child dies with it). A
+  parameter server rank is killed right after it took in worker 0's push of step STEP.
 - SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP; SHOAL_TEST_HANG_BEFORE="RANK:TEXT"
   before the first phase outside the steps whose description contains TEXT ("evaluation after step 4").
 - SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
@@ -40,20 +42,21 @@ def _kill_step(rank: int, where: str) -> int | None:
     return int(target_step) if int(target_rank) == rank and (place[0] if place else "step") == where else None
 
 
-def _killer(at: int | None) -> Hook:
+def _killer(at: int | None, parent: bool = False) -> Hook:
     if at is None:
         return None
 
     def kill(step: int) -> None:
         if step == at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getppid() if parent else os.getpid(), signal.SIGKILL)
 
     return kill
 
 
 def kill_after_step(rank: int) -> Hook:
     """Called after optimizer step N (and its evaluation): SIGKILL at the step SHOAL_TEST_KILL names."""
-    return _killer(_kill_step(rank, "step"))
+    own = _kill_step(rank, "own")
+    return _killer(own, parent=True) if own is not None else _killer(_kill_step(rank, "step"))
 
 
 def kill_before_commit(rank: int) -> Hook:

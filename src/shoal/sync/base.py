@@ -15,6 +15,7 @@
     stats()                             fields for the training record, at log steps
     events()                            records of their own for metrics.jsonl (e.g. a choice made), at log steps
     checkpoint_meta()                   what a restart must know before `wrap`; handed back through `before_resume(meta)`
+    check_checkpoint(cfg, world, meta)  before any rank starts (`--resume`) and in `before_resume`: can it continue from it?
     state_dict() / load_state_dict()    in every checkpoint, with `parts()`
 
 A new strategy is one file with `@SYNC.register("name")` on its class; the job picks it with
@@ -52,6 +53,8 @@ class SyncStrategy:
     supports_model_parallel = False  # True: it composes with fsdp/tp/pp (their collectives stay inside the model)
     grads_synced = True  # False: after backward each rank holds only its own gradient (local updates)
     trains = True  # False on ranks that serve the others (a parameter server's servers): `fit` calls `serve` there
+    trainer_checkpoints = True  # False: the serving ranks hold the run's state and write and load checkpoints alone
+    # (ps.rejoin); the trainer then neither saves nor loads one: it goes on from `first_step()`
 
     @classmethod
     def training_group(cls, cfg: JobConfig) -> TrainingGroup:
@@ -119,6 +122,10 @@ class SyncStrategy:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
+
+    @classmethod
+    def check_checkpoint(cls, cfg: JobConfig, world: int, meta: dict[str, Any], name: str) -> None:
+        """Refuse (one line) a checkpoint this strategy cannot continue from consistently; `meta`: its marker."""
 
     def before_resume(self, meta: dict[str, Any]) -> None:
         """Called before `wrap` when the run continues from a checkpoint, with the marker it wrote."""

@@ -13,7 +13,8 @@ gradients of a clock applied together, so staleness 0 is sync). In async and ssp
 clipped by its own norm on its worker. Every worker holds the same parameters at each
 checkpoint step and at the last step (the servers withhold replies until all pushed it).
 With ps.rejoin (async, ssp) a worker's training runs in a child that rejoins when it dies
-(ps_rejoin.py), over a link of its own (ps_link.py); no worker waits for another.
+(ps_rejoin.py), over a link of its own (ps_link.py); no worker waits for another. Its checkpoints are the
+server's alone (the run's whole state is there): after a whole-job restart every worker joins as if rejoining.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class ParamServer(SyncStrategy):
         self.rejoin = cfg.ps.rejoin
         if self.rejoin:
             _check_rejoin(cfg)
+        self.trainer_checkpoints = not self.rejoin  # ps.rejoin: the server writes and loads them alone (ps_server.py)
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
         self.workers = list(range(ctx.env.world_size - cfg.ps.servers))
         self.servers = list(range(len(self.workers), ctx.env.world_size))
@@ -100,8 +102,9 @@ class ParamServer(SyncStrategy):
         """A server rank's whole run (instead of the trainer); returns (steps, wall seconds)."""
         steps = self.total_steps(self.batch_plan(len(train_set), train_set))
         index = self.servers.index(self.ctx.env.rank)
+        meta = {"layout": self.ctx.dims.describe(), "job": self.ctx.cfg.name, **self.checkpoint_meta()}
         wall = ps_server.run(self.ctx, index, self.workers, Shards.of(model, len(self.servers)), model, steps,
-                             make_optimizer, make_scheduler, self.server_group, self.wire, checkpoints, resume_from)
+                             make_optimizer, make_scheduler, self.server_group, self.wire, checkpoints, resume_from, meta)
         return steps, wall
 
     # --- workers ---
@@ -217,6 +220,33 @@ class ParamServer(SyncStrategy):
         out, self.pending = self.pending, []
         return out
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"ps": {"rejoin": self.rejoin, "mode": self.mode, "workers": len(self.workers), "servers": len(self.servers)}}
+
+    @classmethod
+    def check_checkpoint(cls, cfg, world: int, meta: dict[str, Any], name: str) -> None:
+        """A ps.rejoin checkpoint holds the server's state alone, the others every rank's: neither continues as the other.
+        The server's state (every worker's clock, the ssp clocks) fits only the same workers, servers and mode."""
+        ps = meta.get("ps") or {}
+        written = bool(ps.get("rejoin", False))
+        if written != cfg.ps.rejoin:
+            how = "by the parameter server alone (ps.rejoin = true)" if written else "by every rank (ps.rejoin = false)"
+            raise ShoalError(f"checkpoint {name} was written {how} and cannot be continued with ps.rejoin = "
+                             f"{str(cfg.ps.rejoin).lower()}; resume it with ps.rejoin = {str(written).lower()}, or train into another directory")
+        if not written:
+            return
+        was = (meta.get("world_size"), ps.get("workers"), ps.get("servers"), ps.get("mode"))
+        now = (world, world - cfg.ps.servers, cfg.ps.servers, cfg.ps.mode)
+        if was != now:
+            raise ShoalError(f"ps.rejoin: checkpoint {name} holds the server's state for {was[0]} processes ({was[1]} workers, "
+                             f"{was[2]} server, ps.mode '{was[3]}') but this job has {now[0]} ({now[1]} workers, {now[2]} server, "
+                             f"ps.mode '{now[3]}'): its workers' clocks fit no other; resume with --nproc {was[0]} and "
+                             f"ps.mode = '{was[3]}', or train into another directory")
+
+    def before_resume(self, meta: dict[str, Any]) -> None:
+        self.check_checkpoint(self.ctx.cfg, self.ctx.env.world_size, meta, f"step-{int(meta.get('step', 0)):08d}")
+        super().before_resume(meta)
+
     def state_dict(self) -> dict[str, Any]:
         return {"versions": list(self.versions), "seen": list(self.seen), "logged": self.logged, "clock": self.clock,
                 "rounds": self.rounds, "bytes_total": self.bytes_total}
@@ -227,16 +257,13 @@ class ParamServer(SyncStrategy):
 
 
 def _check_rejoin(cfg) -> None:
-    """ps.rejoin covers async and ssp with one server and no checkpoints (a checkpoint is a collective of every rank, which a
-    dead worker breaks, and a training child cannot use the job's process groups: their threads stay in the parent);
-    anything else is refused in one line."""
+    """ps.rejoin covers async and ssp with one server (several would each checkpoint alone, at different moments: no one
+    consistent state to restart from); anything else is refused in one line."""
     why = []
     if cfg.ps.mode == "sync":
         why.append("ps.mode = 'async' or 'ssp' (here 'sync': every step waits for every worker)")
     if cfg.ps.servers != 1:
         why.append(f"ps.servers = 1 (here {cfg.ps.servers})")
-    if cfg.checkpoint.every or cfg.checkpoint.at_end:
-        why.append("checkpoint.every = 0 and checkpoint.at_end = false")
     if cfg.data_read() in ("rank", "stream"):
         why.append(f"data.read = 'all' (here '{cfg.data_read()}')")
     if why:

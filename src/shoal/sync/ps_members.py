@@ -4,7 +4,8 @@ worker leaving. The server's loop takes these events in order: pushes are applie
 (a worker's push must be its next step: none is applied twice or skipped), a departure stops the
 server waiting for that worker (ssp clocks complete without it), an arrival gets the current
 parameters and how many steps that worker pushed. The run starts once every worker has joined, and
-ends at the last step, an agreement point, once every worker has pushed every step.
+ends at the last step, an agreement point, once every worker has pushed every step. A server that
+restored its checkpoint starts the same way: every worker joins as if rejoining, at its clock there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Members:
     def _run_rejoin(self) -> None:
         """Pushes, arrivals and departures come from one watcher thread per worker, in the order they happened there.
         A worker that left keeps its clock: the last step is an agreement point, so the run ends only once its next
-        incarnation has pushed every step it had not (each step's push is applied exactly once: checked)."""
+        incarnation has pushed every step it had not (each step's push is applied exactly once: checked). A joining
+        worker's first reply is withheld as its push of that clock would be (ssp: the bound holds across a restart)."""
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
         met: set[int] = set()  # workers that joined at least once
@@ -33,7 +35,7 @@ class Members:
         for w in range(len(self.workers)):
             threading.Thread(target=self._watch, args=(w, events, stop), daemon=True, name=f"shoal-ps-link{w}").start()
         try:
-            while min(self.clocks) < self.steps or self.waiting:
+            while not started or min(self.clocks) < self.steps or self.waiting:
                 kind, w, value = events.get()
                 if kind == "joined":
                     self.links[w], incarnation = value
@@ -42,8 +44,10 @@ class Members:
                     if len(met) < len(self.workers):  # the run starts once every worker is there, as without rejoin
                         continue
                     # the current parameters, and how many steps it pushed (at the start: to everyone who waited)
-                    self._send_all([w] if started else sorted(self.links), 0.0)
+                    for x in [w] if started else sorted(self.links):
+                        self.waiting[x] = self.clocks[x]
                     started = True
+                    self._release()
                     if incarnation:
                         print(f"parameter server: worker rank {self.workers[w]} rejoined (incarnation {incarnation}) with the "
                               f"parameters of update {self.version}; it goes on from step {self.clocks[w] + 1}",
@@ -64,6 +68,8 @@ class Members:
                                          f"{self.clocks[w]}; refusing it rather than applying a step twice or skipping one")
                     self._push(w, value)
                     self._release()
+                    if w == 0:
+                        self.after_worker0(step)  # its checkpoint (checkpoint.every)
         finally:
             stop.set()
 

@@ -20,7 +20,8 @@ Staleness of an applied gradient is the server's version when applying it minus 
 was computed on (async: in pushes applied; ssp and sync: in clocks).
 
 ps.rejoin (async, ssp): every worker on a link of its own (ps_link.py), watched by a thread; a lost
-link is that worker leaving (ssp clocks then complete without it), a new incarnation its return.
+link is that worker leaving (ssp clocks then complete without it), a new incarnation its return. The only
+agreement point is the last step; the server checkpoints alone, every checkpoint.every of worker 0's steps.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import torch.distributed as dist
 from torch import nn
 
 from shoal.checkpoint import latest_checkpoint
+from shoal.distributed import fault_injection
+from shoal.errors import ShoalError
 from shoal.sync import ps_link
 from shoal.sync.ps_members import Members
 from shoal.sync.ps_wire import TAG, Shards, body, flat_values, header, message, trainable, write_values
@@ -56,8 +59,9 @@ class ShardModule(nn.Module):
 
 class Server(Members):
     def __init__(self, cfg, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int,
-                 make_optimizer: Callable, make_scheduler: Callable, server_group, wire=None):
+                 make_optimizer: Callable, make_scheduler: Callable, server_group, wire=None, meta: dict | None = None):
         self.cfg, self.index, self.workers, self.steps = cfg, index, workers, steps
+        self.meta = meta or {}  # what this server's own checkpoints' markers record (ps.rejoin)
         self.mode, self.bound = cfg.ps.mode, cfg.ps.staleness
         lo, hi = shards.range(index)
         self.size, self.shards = hi - lo, shards
@@ -82,20 +86,27 @@ class Server(Members):
         self.every = 0
         self.checkpoints = None
         self.trace = Trace.wanted(index)
+        self.kill_test_hook = fault_injection.kill_after_step(len(workers) + index)  # ps.rejoin: after worker 0's push of a step
 
     # --- the part checkpoints carry: this server's range, its optimizer and schedule, its clocks ---
     def state_dict(self) -> dict[str, Any]:
         return {"shard": self.module.flat.detach().clone(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "version": self.version, "clocks": list(self.clocks),
-                "completed": self.completed, "applied": self.applied, "stale_sum": self.stale_sum, "stale_max": self.stale_max}
+                "completed": self.completed, "applied": self.applied, "stale_sum": self.stale_sum, "stale_max": self.stale_max,
+                "pending": {k: dict(v) for k, v in self.pending.items()}}  # ssp pushes of clocks not complete (ps.rejoin)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["shard"].numel() != self.size or len(state["clocks"]) != len(self.workers):
+            raise ShoalError(f"parameter server {self.index}: the checkpoint holds a range of {state['shard'].numel()} values and "
+                             f"{len(state['clocks'])} workers' clocks, this job {self.size} and {len(self.workers)}; resume it with "
+                             "the model and processes that wrote it, or train into another directory")
         with torch.no_grad():
             self.module.flat.copy_(state["shard"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.version, self.clocks, self.completed = state["version"], list(state["clocks"]), state["completed"]
         self.applied, self.stale_sum, self.stale_max = state["applied"], state["stale_sum"], state["stale_max"]
+        self.pending = {k: dict(v) for k, v in state.get("pending", {}).items()}
 
     def serve(self, checkpoints, resume_from) -> int:
         """Send the initial range to every worker, continue from a checkpoint if given, answer pushes to the end."""
@@ -104,7 +115,9 @@ class Server(Members):
         self.checkpoints = checkpoints
         self.every = self.cfg.checkpoint.every if checkpoints is not None else 0
         first = 0
-        if resume_from is not None:
+        if resume_from is not None and self.rejoin:  # its own checkpoint: no collective (the workers join as if rejoining)
+            first = checkpoints.load_alone(resume_from, {"ps_server": self}).step
+        elif resume_from is not None:
             first = checkpoints.load(resume_from, [self.model], self.standin, self.scheduler, {"ps_server": self}).step
         if self.rejoin:
             self._run_rejoin()
@@ -114,7 +127,10 @@ class Server(Members):
             self._run_stale()
         if checkpoints is not None:
             if self.cfg.checkpoint.at_end and first < self.steps:
-                self._save(self.steps)
+                if self.rejoin:
+                    self._save_alone(self.steps)
+                else:
+                    self._save(self.steps)
             checkpoints.wait()
         if self.trace is not None:
             self.trace.save()
@@ -128,6 +144,19 @@ class Server(Members):
         write_values(trainable(self.model), self._whole())
         self.checkpoints.save(step, [self.model], self.standin, self.scheduler, {}, parts={"ps_server": self})
 
+    def _save_alone(self, step: int) -> None:
+        """ps.rejoin: this server alone writes the run's state, named after worker 0's step (whose records a restart
+        keeps up to there); every worker's clock is in it, so each goes on from its own next step."""
+        write_values(trainable(self.model), self._whole())
+        self.checkpoints.save_alone(step, [self.model], self.meta, {"ps_server": self})
+
+    def after_worker0(self, step: int) -> None:
+        """ps.rejoin, once worker 0's push of `step` is taken in: a checkpoint every checkpoint.every of its steps."""
+        if self.every and step % self.every == 0 and step < self.steps:
+            self._save_alone(step)
+        if self.kill_test_hook is not None:
+            self.kill_test_hook(step)
+
     def _whole(self) -> torch.Tensor:
         mine = self.module.flat.detach()
         if self.server_group is None:
@@ -140,7 +169,8 @@ class Server(Members):
         return torch.cat([t[: self.shards.size(j)] for j, t in enumerate(every)])
 
     def _due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0 and step < self.steps
+        """A checkpoint all ranks take together (ps.rejoin: none; the server checkpoints alone, `after_worker0`)."""
+        return bool(self.every) and step % self.every == 0 and step < self.steps and not self.rejoin
 
     def _agreed(self, step: int) -> bool:
         """Steps at which every worker must hold the same parameters: checkpoints and the last step."""
@@ -309,9 +339,9 @@ class Trace:
 
 
 def run(ctx, index: int, workers: list[int], shards: Shards, model: nn.Module, steps: int, make_optimizer, make_scheduler,
-        server_group, wire, checkpoints, resume_from) -> float:
+        server_group, wire, checkpoints, resume_from, meta: dict | None = None) -> float:
     """The whole life of a server rank; returns its wall time."""
     start = time.perf_counter()
-    server = Server(ctx.cfg, index, workers, shards, model, steps, make_optimizer, make_scheduler, server_group, wire)
+    server = Server(ctx.cfg, index, workers, shards, model, steps, make_optimizer, make_scheduler, server_group, wire, meta)
     server.serve(checkpoints, resume_from)
     return time.perf_counter() - start

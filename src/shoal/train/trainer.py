@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shoal import parallel
-from shoal.checkpoint import Checkpointer, latest_checkpoint
+from shoal.checkpoint import Checkpointer, latest_checkpoint, read_marker
 from shoal.config import JobConfig
 from shoal.data import fetch, microbatches, stream
 from shoal.data.batches import to_device
@@ -107,7 +107,7 @@ class Trainer:
         sample = self._sample_microbatch()
         self.layout = parallel.build(model, env, cfg, dims, sample[0], sync.wrap)
         self.model = self.layout.model
-        if resume_from is not None:
+        if resume_from is not None and sync.trainer_checkpoints:
             self._prepare_resume(sample)
         self.optimizer = build_optimizer(self.layout.parameters(), cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.steps, cfg.schedule)
@@ -239,6 +239,27 @@ class Trainer:
         self.progress.note(f"resumed from {self.resume_from} at step {step}")
         return step
 
+    def _continue_from_server(self, first: int, incarnation: int) -> None:
+        """ps.rejoin: the server restored (or not) its own checkpoint, and this worker goes on from its clock there, `first`.
+        Its records after that step are about to be redone (every incarnation: a no-op unless this attempt restarted).
+        The first incarnation checks that the server continued from the checkpoint this rank sees, and says so."""
+        if self.run_dir is None:
+            return
+        self.run_dir.trim_after(first)
+        if incarnation:
+            return
+        marker = read_marker(self.resume_from) if self.resume_from is not None else {}
+        seen = int(marker.get("step", 0))
+        if seen != first:
+            there = self.run_dir.path / "checkpoints"
+            raise ShoalError(f"ps.rejoin: the parameter server continues from worker 0's step {first}, but rank 0 sees "
+                             f"{'the checkpoint of step ' + str(seen) if seen else 'no checkpoint'} in '{there}'; "
+                             "put --out on a file system every rank's node shares, or train into another directory")
+        if self.resume_from is not None:
+            self._log({"kind": "resume", "step": first, "path": str(self.resume_from), "world_size": marker.get("world_size"),
+                       "parts": ["ps_server"], "by": "parameter server"})
+            self.progress.note(f"resumed from {self.resume_from} at step {first} (the parameter server's checkpoint)")
+
     def after_nonfinite(self, step: int) -> int:
         """Apply train.on_nonfinite to a step whose gradient was NaN/inf; returns the step to go on after."""
         t = self.cfg.train
@@ -305,14 +326,17 @@ class Trainer:
         cfg, spe = self.cfg.train, self.plan.steps_per_epoch()
         if incarnation:
             self.kill_test_hook = None  # test faults fire in the first incarnation only
-        first = self.resume() if self.resume_from is not None else self.sync.first_step()
-        if first and self.resume_from is None:  # a worker that rejoined: its schedule stands where its steps stand
+        own = self.sync.trainer_checkpoints  # False: the strategy's servers checkpoint alone (ps.rejoin)
+        first = self.resume() if self.resume_from is not None and own else self.sync.first_step()
+        if first and not (self.resume_from is not None and own):  # a worker that (re)joined: its schedule stands where its steps stand
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
                 for _ in range(first):
                     self.scheduler.step()
+        if not own:
+            self._continue_from_server(first, incarnation)
         self.log_events(first)  # choices made while building (comm.compression = auto)
-        every = self.cfg.checkpoint.every if self.checkpoints is not None else 0
+        every = self.cfg.checkpoint.every if self.checkpoints is not None and own else 0
         self.layout.train()
         if self.dims.model_parallel:
             self._log({"kind": "layout", **self.layout.info})
@@ -351,7 +375,7 @@ class Trainer:
                 window.restart()
             step = done
         with self.health.guard(f"in the last checkpoint and records (step {self.steps})"):
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and own:
                 if self.cfg.checkpoint.at_end and first < self.steps:
                     self.save_checkpoint(self.steps)
                 self.checkpoints.wait()
