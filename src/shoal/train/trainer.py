@@ -320,6 +320,11 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """The loop, run as the sync strategy says (a parameter server's rejoinable workers: in a child process)."""
+        if self.run_dir is not None and not self.sync.trainer_checkpoints:
+            # ps.rejoin: opened before the fork. A child's opening is lost on this process, which would open the directory
+            # again to save model.pt: redo a restart's trim over the child's records, and remove, as a leftover, the
+            # checkpoint the server is writing then (its .tmp-step)
+            self.run_dir.open()
         return self.sync.run_training(self._fit)
 
     def _fit(self, incarnation: int = 0) -> FitResult:
