@@ -59,6 +59,7 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         profile = calibrate(Path(tmp) / "here.toml", nproc=2, seconds=0.5, job=JOB)
+        profile_text = profile.read_text()
         cluster = load_cluster(str(profile), 1, 2)
         shape = shape_of_job(load_job(JOB))
         measured: dict[str, list[float]] = {name: [] for name in LAYOUTS}
@@ -67,9 +68,10 @@ def main() -> None:
                 measured[name].append(measure(Path(tmp) / "run", sets, a.steps))
     rows = []
     for name, (_, layout) in LAYOUTS.items():
-        pred = predict(shape, layout, cluster, "adamw").step_s
-        got = statistics.median(measured[name])
-        rows.append({"layout": name, "predicted_s": pred, "measured_s": got, "error": pred / got - 1})
+        prediction = predict(shape, layout, cluster, "adamw")
+        pred, got = prediction.step_s, statistics.median(measured[name])
+        rows.append({"layout": name, "predicted_s": pred, "measured_s": got, "error": pred / got - 1, "measured_rounds": measured[name],
+                     "predicted_parts": prediction.time})
         print(f"{name:24} predicted {pred * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  error {pred / got - 1:+.0%}")
     best_measured = min(rows, key=lambda r: r["measured_s"])["layout"]
     plan = make_plan(shape, cluster)
@@ -77,7 +79,8 @@ def main() -> None:
     within = sum(abs(r["error"]) <= 0.15 for r in rows)
     print(f"{within} of {len(rows)} layouts within 15%")
     result = {"rows": rows, "recommended": plan.best.layout.describe(), "measured_best": best_measured,
-              "achievable": cluster.device.achievable, "peak_flops": cluster.device.peak_flops, "link_bw": cluster.device.intra_bw}
+              "achievable": cluster.device.achievable, "peak_flops": cluster.device.peak_flops, "link_bw": cluster.device.intra_bw,
+              "profile": profile_text}  # the whole profile: predictions can be recomputed from this file alone
     (ROOT / "benchmarks" / "results" / "plan-here.json").write_text(json.dumps(result, indent=1))
 
 

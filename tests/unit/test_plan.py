@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,17 @@ import pytest
 from shoal.cli import main
 from shoal.errors import ShoalError
 from shoal.plan import Cluster, Device, Layout, ModelShape, Network, Sync, load_cluster, make_plan, predict
-from shoal.plan.cost import all_gather_s, all_reduce_s, averaging_s, bubble_fraction, in_flight, optimizer_bytes_per_param, param_server_s, reduce_scatter_s
+from shoal.plan.cost import (
+    all_gather_s,
+    all_reduce_s,
+    averaging_s,
+    bubble_fraction,
+    in_flight,
+    measured_s,
+    optimizer_bytes_per_param,
+    param_server_s,
+    reduce_scatter_s,
+)
 from shoal.plan.hardware import DEVICES, NETWORKS, profile_toml
 from shoal.plan.search import divisors, layouts, microbatch_counts
 from shoal.plan.shapes import with_overrides
@@ -106,6 +117,55 @@ def test_element_wise_work_takes_its_bytes_over_the_memory_bandwidth():
     per_stage = 1 * 4 * TOY.elementwise_bytes_per_layer(2, 1, False, 4) / 1e9  # 1 layer per stage, 4 micro-batches of 2
     assert piped.time["element-wise (memory-bound)"] == pytest.approx(per_stage)
     assert piped.time["pipeline bubble"] == pytest.approx((piped.time["compute"] + per_stage) * 1 / 4)
+
+
+def test_collectives_calibrate_timed_replace_the_ring_model_inside_a_node(tmp_path):
+    """gloo's all-gather and reduce-scatter are not rings (on this machine 5-8x the ring model at 16 MB): a profile's
+    tables are interpolated log-log at the message size, for groups of the size they were measured at, inside a node."""
+    timed = replace(TOY_DEVICE, measured_group=2, message_bytes=(1e3, 1e6), all_reduce_s=(1e-4, 1e-3), all_gather_s=(2e-4, 8e-3),
+                    reduce_scatter_s=(3e-4, 2.7e-2))
+    assert measured_s(timed, "all_gather", 500, 2) == 2e-4  # below the smallest: its (latency-bound) time
+    assert measured_s(timed, "all_gather", math.sqrt(1e3 * 1e6), 2) == pytest.approx(math.sqrt(2e-4 * 8e-3))  # halfway in logs
+    assert measured_s(timed, "reduce_scatter", 4e6, 2) == pytest.approx(4 * 2.7e-2)  # beyond the largest: in proportion to bytes
+    assert measured_s(timed, "all_gather", 1e6, 4) is None and measured_s(TOY_DEVICE, "all_gather", 1e6, 2) is None
+    params = TOY.params() * 4
+    fsdp = predict(TOY, Layout(fsdp=2), Cluster(replace(timed, overlaps_comm=False), TOY_NET, 1, 2), optimizer="sgd")
+    gather, scatter = measured_s(timed, "all_gather", params, 2), measured_s(timed, "reduce_scatter", params, 2)
+    assert fsdp.time["fsdp gather/scatter (exposed)"] == pytest.approx(2 * gather + scatter)
+    tp = predict(TOY, Layout(tp=2), Cluster(timed, TOY_NET, 1, 2), optimizer="sgd")
+    act = 8 * 16 * 64 * 4  # the whole batch's activations of one layer, fp32
+    pair = measured_s(timed, "all_gather", act, 2) + measured_s(timed, "reduce_scatter", act, 2)  # sequence parallelism
+    assert tp.time["tensor-parallel collectives"] == pytest.approx(2 * 4 * pair)
+    across = predict(TOY, Layout(fsdp=2), Cluster(replace(timed, overlaps_comm=False), TOY_NET, 2, 1), optimizer="sgd")
+    assert across.time["fsdp gather/scatter (exposed)"] == pytest.approx(  # a group across nodes: the network's ring model
+        2 * all_gather_s(params, 2, 1e9, 0.0) + reduce_scatter_s(params, 2, 1e9, 0.0))
+    profile = tmp_path / "timed.toml"
+    profile.write_text(profile_toml(timed, TOY_NET, {}))
+    assert load_cluster(str(profile), 1, 2).device == timed  # the tables survive the profile file
+
+
+def test_layout_fixed_costs_per_layer_from_a_tiny_gpt():
+    """What FSDP2 and tp add beyond FLOPs and bytes, per layer: measured on a tiny GPT, less the collectives the model
+    already charges it; charged per layer (of a stage) and micro-batch, tp's a third more with recomputation."""
+    from shoal.plan.fixed_costs import TINY, per_layer
+
+    timed = replace(TOY_DEVICE, overlaps_comm=False, measured_group=2, message_bytes=(1e3, 1e6), all_reduce_s=(1e-4, 1e-3),
+                    all_gather_s=(2e-4, 8e-3), reduce_scatter_s=(3e-4, 2.7e-2))
+    tiny = ModelShape(**TINY)
+    charged = predict(tiny, Layout(fsdp=2), Cluster(timed, TOY_NET, 1, 2)).time["fsdp gather/scatter (exposed)"]
+    weights = tiny.params() * 4  # all of the tiny model's fp32 parameters, gathered twice and reduce-scattered once
+    assert charged == pytest.approx(2 * measured_s(timed, "all_gather", weights, 2) + measured_s(timed, "reduce_scatter", weights, 2))
+    fixed = per_layer({"plain": 0.010, "fsdp": 0.050, "tp": 0.110}, timed)
+    assert fixed["fsdp_layer_s"] == pytest.approx((0.040 - charged) / 4)
+    act = TINY["batch"] * TINY["seq"] * TINY["dim"] * 4  # 4 layers x 4 all-gather + reduce-scatter pairs of these activations
+    tp_charged = 4 * 4 * (measured_s(timed, "all_gather", act, 2) + measured_s(timed, "reduce_scatter", act, 2))
+    assert fixed["tp_layer_s"] == pytest.approx((0.100 - tp_charged) / 4)
+    assert per_layer({"plain": 0.010, "fsdp": 0.010, "tp": 0.010}, timed) == {"fsdp_layer_s": 0.0, "tp_layer_s": 0.0}  # never negative
+    costly = Cluster(replace(timed, **fixed), TOY_NET, 1, 2)
+    assert predict(TOY, Layout(fsdp=2), costly).time["layout fixed costs"] == pytest.approx(2 * fixed["fsdp_layer_s"])
+    assert predict(TOY, Layout(tp=2, recompute=True), costly).time["layout fixed costs"] == pytest.approx(2 * fixed["tp_layer_s"] * 4 / 3)
+    assert predict(TOY, Layout(pp=2, microbatches=4), costly).time["layout fixed costs"] == 0.0
+    assert predict(TOY, Layout(fsdp=2), Cluster(timed, TOY_NET, 1, 2)).time["layout fixed costs"] == 0.0  # presets: none
 
 
 def test_groups_that_leave_the_node_use_the_network():

@@ -4,7 +4,8 @@ What it measures: matmul FLOP/s per dtype (fp32, bf16) with this process's threa
 all-gather and reduce-scatter times at several message sizes between `nproc` local processes
 (gloo, or NCCL with CUDA), from which latency (small messages) and bandwidth (large ones) follow
 under the same alpha-beta model the planner uses; total memory. With a job file, also the share of
-that peak one training step of the job's own model reaches (`achievable`; 1.0 without). Links between hosts: run it
+that peak one training step of the job's own model reaches (`achievable`; 1.0 without). What FSDP2 and tensor
+parallelism add per layer beyond FLOPs and bytes, on a tiny GPT (plan/fixed_costs.py). Links between hosts: run it
 on every node with `--nnodes N --node-rank R --rdzv HOST:PORT` (plan/links.py); node rank 0 writes the profile, whose
 [network] is then the slowest measured pair. A profile of one machine says `network = intra`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -23,6 +25,7 @@ import torch.multiprocessing as mp
 
 from shoal.errors import ShoalError
 from shoal.monitor.flops import measured_peak_flops
+from shoal.plan.fixed_costs import PAIR, layout_steps, per_layer
 from shoal.plan.hardware import Device, Network, profile_toml
 from shoal.plan.links import measure_links, slowest
 
@@ -35,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _time(fn, seconds: float) -> float:
+def median_time(fn, seconds: float) -> float:
     """Median seconds of fn() over about `seconds` of repetitions (at least 3). Rank 0's first timing sets the count for
     all ranks (each deciding for itself would leave one waiting in a collective the others never call)."""
     dist.barrier()
@@ -62,9 +65,9 @@ def _collectives(rank: int, world: int, port: int, seconds: float, queue) -> Non
         n = size // 4
         buf, chunk = torch.ones(n), torch.ones(n // world)
         gathered = torch.empty(chunk.numel() * world)
-        out[size] = {"all_reduce": _time(lambda b=buf: dist.all_reduce(b), seconds),
-                     "all_gather": _time(lambda g=gathered, c=chunk: dist.all_gather_single(g, c), seconds),
-                     "reduce_scatter": _time(lambda c=chunk, b=buf: dist.reduce_scatter_single(c, b), seconds)}
+        out[size] = {"all_reduce": median_time(lambda b=buf: dist.all_reduce(b), seconds),
+                     "all_gather": median_time(lambda g=gathered, c=chunk: dist.all_gather_single(g, c), seconds),
+                     "reduce_scatter": median_time(lambda c=chunk, b=buf: dist.reduce_scatter_single(c, b), seconds)}
     if rank == 0:
         queue.put(out)
     dist.destroy_process_group()
@@ -88,6 +91,12 @@ def _in_processes(target, args: list[tuple], what: str, timeout_s: float, result
 def measure_collectives(nproc: int, seconds: float) -> dict:
     port = _free_port()
     return _in_processes(_collectives, [(r, nproc, port, seconds) for r in range(nproc)], "measuring collectives", 300, results=1)[0]
+
+
+def measure_layout_steps(threads: int, seconds: float) -> dict:
+    """The tiny GPT's step plain, under fsdp = 2 and under tp = 2 (plan/fixed_costs.py), in two processes."""
+    port = _free_port()
+    return _in_processes(layout_steps, [(r, port, threads, seconds) for r in range(PAIR)], "timing a tiny GPT's layouts", 300, results=1)[0]
 
 
 def fit_link(times: dict, nproc: int) -> tuple[float, float]:
@@ -173,16 +182,19 @@ def calibrate(out: Path, nproc: int = 2, seconds: float = 0.3, job: Path | None 
     times = measure_collectives(nproc, seconds)
     bw, latency = fit_link(times, nproc)
     fit = model_efficiency(job, nproc, threads, fp32, seconds) if job is not None else {}
+    tables = {f"{kind}_s": tuple(times[s][kind] for s in times) for kind in ("all_reduce", "all_gather", "reduce_scatter")}
     device = Device(f"{socket.gethostname()} CPU process ({threads} threads)", fp32, psutil.virtual_memory().total / nproc, bw, latency,
                     achievable=min(fit.get("job_achievable", 1.0), 1.0), flash_attention=False, dtype_bytes=4,
-                    overlaps_comm=False)  # gloo's collectives run on the cores the compute uses
+                    overlaps_comm=False,  # gloo's collectives run on the cores the compute uses
+                    measured_group=nproc, message_bytes=tuple(times), **tables)  # gloo's all-gather and reduce-scatter are no rings
+    steps = measure_layout_steps(threads, seconds)
+    device = replace(device, **per_layer(steps, device))
     network = slowest(links, nnodes) if links else Network("intra (one machine: not measured)", bw, latency, 1.0)
-    measured = {**fit, "nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16, "message_bytes": list(times)}
+    measured = {**fit, "nproc": nproc, "threads": threads, "fp32_flops": fp32, "bf16_flops": bf16,
+                **{f"tiny_gpt_{k}_step_s": v for k, v in steps.items()}}
     if links:
         measured.update(link_pairs=list(links), link_bw=[v["bw"] for v in links.values()],
                         link_latency_s=[v["latency_s"] for v in links.values()])
-    for kind in ("all_reduce", "all_gather", "reduce_scatter"):
-        measured[f"{kind}_s"] = [times[s][kind] for s in times]
     text = profile_toml(device, network, measured)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(text)

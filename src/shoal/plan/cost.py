@@ -3,7 +3,8 @@
 Why an explicit, small model: every number in a plan can be traced to a formula a test checks by
 hand. Collectives are ring collectives under the alpha-beta model (latency per hop plus bytes over
 the slowest link of the group); element-wise ops take the bytes they move over the memory's
-bandwidth (shapes.py); groups are laid out tp innermost (inside a node first), then fsdp,
+bandwidth (shapes.py); FSDP and tensor parallelism add a fixed cost per layer where a profile measured one
+(plan/fixed_costs.py: recomputation repeats tp's forward share, a third); groups are laid out tp innermost (inside a node first), then fsdp,
 then dp, then pp, so a group uses NVLink when it fits in a node and the network otherwise.
 DDP and FSDP overlap their collectives with compute: what is exposed is what the compute window
 does not cover, and at least the last bucket (a tenth of it). On a device that does not overlap (CPU,
@@ -12,6 +13,7 @@ where gloo's collectives take the cores the compute needs) all of it is exposed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from shoal.plan.hardware import Cluster
@@ -78,6 +80,24 @@ def all_gather_s(nbytes: float, n: int, bw: float, latency: float) -> float:
     return reduce_scatter_s(nbytes, n, bw, latency)
 
 
+RING = {"all_reduce": all_reduce_s, "all_gather": all_gather_s, "reduce_scatter": reduce_scatter_s}
+
+
+def measured_s(device, kind: str, nbytes: float, n: int) -> float | None:
+    """The time calibrate measured for this collective among `n` devices, interpolated at nbytes (log-log between the
+    measured sizes, the smallest's below them, in proportion to bytes beyond the largest); None when not measured there."""
+    sizes, times = device.message_bytes, getattr(device, f"{kind}_s")
+    if n != device.measured_group or not times:
+        return None
+    if nbytes <= sizes[0]:
+        return times[0]
+    for s0, t0, s1, t1 in zip(sizes, times, sizes[1:], times[1:], strict=False):
+        if nbytes <= s1:
+            w = math.log(nbytes / s0) / math.log(s1 / s0)
+            return t0 * (t1 / t0) ** w
+    return times[-1] * nbytes / sizes[-1]
+
+
 def bubble_fraction(pp: int, microbatches: int, schedule: str, stages_per_rank: int = 1) -> float:
     """Idle share of a pipeline step relative to its compute: (p-1)/m for GPipe and 1F1B, divided by v when interleaved."""
     if pp <= 1:
@@ -102,6 +122,18 @@ def group_link(cluster: Cluster, size: int, stride: int) -> tuple[float, float]:
     if size * stride <= cluster.per_node:
         return d.intra_bw * 0.8, d.intra_latency_s
     return cluster.network.per_device_bw(cluster.per_node), cluster.network.latency_s
+
+
+def collective_s(cluster: Cluster, kind: str, nbytes: float, size: int, stride: int) -> float:
+    """One collective of a group of `size` devices `stride` apart: measured (inside a node, at the group size calibrate
+    measured) or the ring model over the group's link."""
+    if size <= 1:
+        return 0.0
+    if size * stride <= cluster.per_node:
+        t = measured_s(cluster.device, kind, nbytes, size)
+        if t is not None:
+            return t
+    return RING[kind](nbytes, size, *group_link(cluster, size, stride))
 
 
 def optimizer_bytes_per_param(optimizer: str, dtype_bytes: int, momentum: bool = True) -> int:
@@ -136,10 +168,10 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     bubble = compute * bubble_fraction(L.pp, L.microbatches, L.schedule, L.stages_per_rank)
     backward = compute * (2 / 4 if L.recompute else 2 / 3)
     # tensor parallel: 2 all-reduces (or all-gather + reduce-scatter pairs) per layer forward, 2 backward, 2 more to recompute
-    tp_bw, tp_lat = group_link(cluster, L.tp, 1)
     act = micro * shape.seq * shape.dim * d.dtype_bytes
     per_layer = 6 if L.recompute else 4
-    tp_comm = shape.layers / L.pp * L.microbatches * per_layer * all_reduce_s(act, L.tp, tp_bw, tp_lat)
+    pair = collective_s(cluster, "all_gather", act, L.tp, 1) + collective_s(cluster, "reduce_scatter", act, L.tp, 1)  # sequence parallel
+    tp_comm = shape.layers / L.pp * L.microbatches * per_layer * pair
     # pipeline: each micro-batch's activations forward and gradients back over every stage boundary (per chunk)
     pp_bw, pp_lat = group_link(cluster, L.pp, L.tp * L.fsdp * L.dp)
     chunks = L.stages_per_rank if L.schedule == "interleaved" else 1
@@ -147,26 +179,27 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     # data parallel: gradients (or parameters) of this device's share of the model
     params_device = shape.params() / (L.tp * L.pp)
     grad_bytes = params_device * d.dtype_bytes
-    fs_bw, fs_lat = group_link(cluster, L.fsdp, L.tp)
     dp_bw, dp_lat = group_link(cluster, L.dp, L.tp * L.fsdp)
-    fsdp_comm = (L.microbatches * 2 * all_gather_s(grad_bytes, L.fsdp, fs_bw, fs_lat) + reduce_scatter_s(grad_bytes, L.fsdp, fs_bw, fs_lat)
-                 if L.fsdp > 1 else 0.0)
+    fsdp_comm = (L.microbatches * 2 * collective_s(cluster, "all_gather", grad_bytes, L.fsdp, L.tp)
+                 + collective_s(cluster, "reduce_scatter", grad_bytes, L.fsdp, L.tp))
     if sync.kind == "param_server":
         dp_comm = param_server_s(grad_bytes / L.fsdp, L.dp, sync.servers, dp_bw, dp_lat) if L.dp > 1 else 0.0
         window = 0.0  # push after backward, pull before the next forward: nothing overlaps
     elif sync.kind == "average":
         dp_comm, window = averaging_s(grad_bytes / L.fsdp, L.dp, sync.every, dp_bw, dp_lat), 0.0
     else:
-        dp_comm = all_reduce_s(grad_bytes / L.fsdp, L.dp, dp_bw, dp_lat)
+        dp_comm = collective_s(cluster, "all_reduce", grad_bytes / L.fsdp, L.dp, L.tp * L.fsdp)
         window = backward / (L.microbatches if L.pp > 1 else 1)  # after a pipeline flush only the last backward overlaps
     if not d.overlaps_comm:  # gloo on CPU: the collectives take the cores the compute needs
         window = 0.0
     exposed = lambda comm, overlap: max(comm - overlap, LAST_BUCKET * comm) if comm else 0.0  # noqa: E731
     fsdp_exposed = exposed(fsdp_comm, compute if d.overlaps_comm else 0.0)
     dp_exposed = exposed(dp_comm, window) if window else dp_comm
+    fixed = shape.layers / L.pp * L.microbatches * ((d.fsdp_layer_s if L.fsdp > 1 else 0.0)
+                                                   + (d.tp_layer_s * (4 / 3 if L.recompute else 1.0) if L.tp > 1 else 0.0))
     time = {"compute": compute - elementwise, "element-wise (memory-bound)": elementwise, "pipeline bubble": bubble,
             "tensor-parallel collectives": tp_comm, "pipeline sends": pp_comm,
-            "fsdp gather/scatter (exposed)": fsdp_exposed, "gradient sync (exposed)": dp_exposed}
+            "fsdp gather/scatter (exposed)": fsdp_exposed, "gradient sync (exposed)": dp_exposed, "layout fixed costs": fixed}
     step = sum(time.values())
     # memory per device
     states = params_device * (2 * d.dtype_bytes + optimizer_bytes_per_param(optimizer, d.dtype_bytes)) / L.fsdp

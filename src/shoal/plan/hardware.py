@@ -29,6 +29,18 @@ class Device:
     dtype_bytes: int = 2  # bf16 weights, gradients and activations (optimizer state stays fp32)
     overlaps_comm: bool = True  # collectives run beside compute (GPU copy engines); on CPU gloo takes the same cores
     mem_bw: float = 0.0  # bytes/s element-wise kernels stream from device memory (0: their time is not modelled)
+    # collectives `shoal calibrate` timed inside a node among `measured_group` devices, seconds per message size:
+    # used instead of the ring model where a group of that size sits in one node (libraries are not all rings)
+    measured_group: int = 0
+    message_bytes: tuple = ()
+    all_reduce_s: tuple = ()
+    all_gather_s: tuple = ()
+    reduce_scatter_s: tuple = ()
+    # seconds per layer and micro-batch that FSDP2 / tensor parallelism add beyond FLOPs and bytes (hooks, DTensor
+    # dispatch, copies; calibrate measures them on a tiny GPT: plan/fixed_costs.py); 0 in the GPU presets, whose large
+    # kernels leave the host's work in their shadow
+    fsdp_layer_s: float = 0.0
+    tp_layer_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,8 @@ def load_cluster(spec: str, nodes: int, per_node: int) -> Cluster:
         raise ShoalError(f"plan --cluster: profile file '{path}' not found (write one with `shoal calibrate --out {path}`)")
     try:
         data = tomllib.loads(path.read_text())
-        device, network = Device(**data["device"]), Network(**data["network"])
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in data["device"].items()}
+        device, network = Device(**given), Network(**data["network"])
     except (tomllib.TOMLDecodeError, KeyError, TypeError) as err:
         raise ShoalError(f"plan --cluster: '{path}' is not a profile from `shoal calibrate` ({err})") from None
     return Cluster(device, network, nodes, per_node)
