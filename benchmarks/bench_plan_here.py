@@ -1,8 +1,9 @@
 """Planner accuracy on this machine: predicted vs measured step time of the GPT on Shakespeare over 2 processes.
 
-`shoal calibrate --job` measures this machine (matmul peak, collectives, and the share of the peak
-one step of this model reaches on one process's half of the batch); `shoal plan`'s cost model then
-predicts each layout's step from that profile; each layout is trained for real through
+Each round, `shoal calibrate --job` measures this machine (matmul peak, collectives, the share of the
+peak one step of this model reaches on one process's half of the batch, the sharded layouts' fixed
+costs); `shoal plan`'s cost model then predicts each layout's step from that round's profile, and
+each layout is trained for real through
 `shoal train` and its median `step_s` over the steady windows is the measurement. Also: whether
 the planner's recommended layout is the measured fastest. Results in benchmarks/results/plan-here.json.
 """
@@ -57,22 +58,26 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=1)
     a = p.parse_args()
+    shape = shape_of_job(load_job(JOB))
+    measured: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    predicted: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    profiles = []
     with tempfile.TemporaryDirectory() as tmp:
-        profile = calibrate(Path(tmp) / "here.toml", nproc=2, seconds=0.5, job=JOB)
-        profile_text = profile.read_text()
-        cluster = load_cluster(str(profile), 1, 2)
-        shape = shape_of_job(load_job(JOB))
-        measured: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-        for _ in range(a.rounds):  # interleaved: a change of load hits every layout alike
-            for name, (sets, _) in LAYOUTS.items():
+        for _ in range(a.rounds):  # each round calibrates, then measures every layout: a change of load hits both alike
+            profile = calibrate(Path(tmp) / "here.toml", nproc=2, seconds=0.5, job=JOB)
+            profiles.append(profile.read_text())
+            cluster = load_cluster(str(profile), 1, 2)
+            for name, (sets, layout) in LAYOUTS.items():
+                predicted[name].append(predict(shape, layout, cluster, "adamw").step_s)
                 measured[name].append(measure(Path(tmp) / "run", sets, a.steps))
     rows = []
     for name, (_, layout) in LAYOUTS.items():
-        prediction = predict(shape, layout, cluster, "adamw")
-        pred, got = prediction.step_s, statistics.median(measured[name])
+        parts = predict(shape, layout, cluster, "adamw").time  # the last round's profile
+        pred, got = statistics.median(predicted[name]), statistics.median(measured[name])
         rows.append({"layout": name, "predicted_s": pred, "measured_s": got, "error": pred / got - 1, "measured_rounds": measured[name],
-                     "predicted_parts": prediction.time})
-        print(f"{name:24} predicted {pred * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  error {pred / got - 1:+.0%}")
+                     "predicted_rounds": predicted[name], "predicted_parts_last_round": parts})
+        print(f"{name:24} predicted {pred * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  error {pred / got - 1:+.0%}  "
+              f"(rounds: {', '.join(f'{p / m - 1:+.0%}' for p, m in zip(predicted[name], measured[name], strict=True))})")
     best_measured = min(rows, key=lambda r: r["measured_s"])["layout"]
     plan = make_plan(shape, cluster)
     print(f"planner recommends {plan.best.layout.describe()}; measured fastest of these: {best_measured}")
@@ -80,7 +85,7 @@ def main() -> None:
     print(f"{within} of {len(rows)} layouts within 15%")
     result = {"rows": rows, "recommended": plan.best.layout.describe(), "measured_best": best_measured,
               "achievable": cluster.device.achievable, "peak_flops": cluster.device.peak_flops, "link_bw": cluster.device.intra_bw,
-              "profile": profile_text}  # the whole profile: predictions can be recomputed from this file alone
+              "profiles": profiles}  # every round's whole profile: predictions can be recomputed from these alone
     (ROOT / "benchmarks" / "results" / "plan-here.json").write_text(json.dumps(result, indent=1))
 
 
