@@ -297,3 +297,19 @@ def test_a_rejoin_run_restarts_from_the_servers_checkpoint(dirs, mode, kill, kil
     assert mode == "async" or all(r["staleness_max"] <= 2 for r in train) and end["stale_max"] <= 2
     assert (out / "model.pt").is_file() and set(weights(out)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
     assert records(out, "eval")[-1]["accuracy"] >= least, records(out, "eval")[-1]
+
+
+@pytest.mark.slow
+def test_a_rejoin_run_without_checkpoints_restarts_from_the_start_with_its_records_once(dirs):
+    """ps.rejoin without checkpoints: the server SIGKILLed after worker 0's step 50 restarts the job from step 0, and the
+    run directory holds each of worker 0's 120 steps once (rank 0 opens it before forking its training child: the
+    parent's own opening, to save model.pt, redid the restart's trim over every record of the child). About 25 s."""
+    job = dirs / "rejoin-restart-nockpt.toml"
+    job.write_text(REJOIN.replace("momentum = 0.9", "momentum = 0.5"))
+    out = dirs / "rejoin-restart-nockpt"
+    run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": "3:50", "SHOAL_TEST_PACE_S": "0.01"})
+    assert len([line for line in run.stderr.splitlines() if "restarting the workers" in line]) == 1, run.stderr[-3000:]
+    assert not records(out, "resume") and not list((out / "checkpoints").glob("step-*"))
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 121)) and train[-1]["ps_updates"] == 3 * 120
+    assert [r["step"] for r in records(out, "eval")] == [40, 80, 120]
