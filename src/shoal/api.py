@@ -101,7 +101,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
     checkpoints, resume_from, run_dir = start.checkpoints, start.resume_from, start.run_dir
     if resume_from is not None:
         marker = read_marker(resume_from)
-        if resume and not restarted and sync.trains:
+        if resume and not restarted:  # on every rank: a parameter server left alone would wait for its workers forever
             _refuse_complete(marker, sync.total_steps(sync.batch_plan(len(train_set), train_set)), out, run_dir)
         sync.before_resume(marker)
     if run_dir is not None:

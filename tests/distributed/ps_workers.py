@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import dp_workers
 import torch
 
 import shoal
-from shoal.config import load_job
-from shoal.data import load
+from job_files import digits_mlp
+from shoal.checkpoint import Checkpointer
+from shoal.config import load_job, to_toml
+from shoal.data import describe, load
 from shoal.job.worker import run_job
 from shoal.models import build_model
 
@@ -67,3 +70,31 @@ def nan_once(scores, target, reduction="sum"):
     if os.environ.get("RANK") == rank and _trained_calls == int(step):
         return loss * float("nan")
     return loss
+
+
+REJOIN_JOB = digits_mlp("ps-rejoin-resume", """
+[train]
+global_batch_size = 36
+steps = 60
+[ps]
+mode = "async"
+rejoin = true
+[checkpoint]
+every = 20
+""", top='sync = "param_server"\n')
+
+
+def run_with_a_rejoin_checkpoint(tmp_path, world: int, step: int = 40):
+    """A run directory as a `world`-process ps.rejoin run of REJOIN_JOB leaves it at its checkpoint of `step` (written
+    by the server, the last rank), without running it; returns (job file, run directory)."""
+    job = tmp_path / "job.toml"
+    job.write_text(REJOIN_JOB)
+    config, out = load_job(job), tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"run_id": "r1", "origin": "job"}))
+    (out / "config.toml").write_text(to_toml(config))
+    spec = describe(config.data, config.seed)
+    model = build_model(config.model, spec.input_shape, spec.num_classes, config.seed)
+    meta = {"layout": "single process", "job": config.name, "ps": {"rejoin": True, "mode": "async", "workers": world - 1, "servers": 1}}
+    Checkpointer(out / "checkpoints", world - 1, world, run_id="r1").save_alone(step, [model], meta, {})
+    return job, out

@@ -6,6 +6,9 @@ One 3-process launch trains every parameter-server case; one 2-process launch gi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import ps_workers
 import pytest
 import torch
@@ -313,3 +316,14 @@ def test_a_rejoin_run_without_checkpoints_restarts_from_the_start_with_its_recor
     train = records(out, "train")
     assert [r["step"] for r in train] == list(range(1, 121)) and train[-1]["ps_updates"] == 3 * 120
     assert [r["step"] for r in records(out, "eval")] == [40, 80, 120]
+
+
+def test_resuming_a_complete_rejoin_run_is_refused_on_every_rank(tmp_path):
+    """`--resume` of a ps.rejoin run whose server checkpointed its last step: every rank, the server too, says the run is
+    complete (the server used to wait forever for workers that had refused). A few seconds: 4 processes start, none trains."""
+    job, out = ps_workers.run_with_a_rejoin_checkpoint(tmp_path, 4, step=60)
+    proc = subprocess.run([sys.executable, "-m", "shoal", "train", str(job), "--out", str(out), "--nproc", "4", "--resume"],
+                          capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err[-2000:]
+    assert "is complete (step 60 of 60)" in err, err

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import json
-
+import ps_workers
 import pytest
 from torch import nn
 
 from error_contract import refused
-from job_files import digits_mlp
 from shoal.checkpoint import Checkpointer
-from shoal.config import JobConfig, load_job, to_toml
-from shoal.data import describe
+from shoal.config import JobConfig
 from shoal.errors import ShoalError
-from shoal.models import build_model
 from shoal.sync.param_server import ParamServer, _check_rejoin
 
 REJOIN = {"sync": "param_server", "ps": {"mode": "async", "rejoin": True}, "checkpoint": {"at_end": False}}
@@ -86,35 +82,8 @@ def test_a_part_the_checkpoint_lacks_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-JOB = digits_mlp("ps-rejoin-resume", """
-[train]
-global_batch_size = 36
-steps = 60
-[ps]
-mode = "async"
-rejoin = true
-[checkpoint]
-every = 20
-""", top='sync = "param_server"\n')
-
-
-def run_with_a_rejoin_checkpoint(tmp_path, world: int):
-    """A run directory as a 4-process ps.rejoin run leaves it at its step-40 checkpoint (written by the server, rank 3)."""
-    job = tmp_path / "job.toml"
-    job.write_text(JOB)
-    config, out = load_job(job), tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "run.json").write_text(json.dumps({"run_id": "r1", "origin": "job"}))
-    (out / "config.toml").write_text(to_toml(config))
-    spec = describe(config.data, config.seed)
-    model = build_model(config.model, spec.input_shape, spec.num_classes, config.seed)
-    meta = {"layout": "single process", "job": config.name, "ps": {"rejoin": True, "mode": "async", "workers": world - 1, "servers": 1}}
-    Checkpointer(out / "checkpoints", world - 1, world, run_id="r1").save_alone(40, [model], meta, {})
-    return job, out
-
-
 def test_shoal_train_resume_on_another_process_count_is_refused_before_any_worker_starts(tmp_path, capsys):
-    job, out = run_with_a_rejoin_checkpoint(tmp_path, 4)
+    job, out = ps_workers.run_with_a_rejoin_checkpoint(tmp_path, 4)
     refused(["train", str(job), "--out", str(out), "--resume", "--nproc", "5"],
             ["ps.rejoin: checkpoint step-00000040", "for 4 processes", "--nproc 4"], tmp_path, capsys)
     refused(["train", str(job), "--out", str(out), "--resume", "--nproc", "4", "--set", "ps.rejoin=false"],
