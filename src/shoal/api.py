@@ -103,6 +103,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         marker = read_marker(resume_from)
         if resume and not restarted:  # on every rank: a parameter server left alone would wait for its workers forever
             _refuse_complete(marker, sync.total_steps(sync.batch_plan(len(train_set), train_set)), out, run_dir)
+        sync.check_checkpoint(cfg, env.world_size, marker, resume_from)  # every rank: all refuse together
         sync.before_resume(marker)
     if run_dir is not None:
         run_dir.write_config(config_mod.to_toml(cfg))

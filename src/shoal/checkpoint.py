@@ -161,6 +161,11 @@ def saved_keys(path: Path) -> set[str]:
     return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
+def has_part(path: Path, name: str, rank: int) -> bool:
+    """Whether a checkpoint holds rank `rank`'s state of the part `name`."""
+    return _part_key(name, rank) in saved_keys(path)
+
+
 def check_shared(directory: Path, is_writer: bool, group: dist.ProcessGroup | None = None) -> None:
     """Collective: every rank must see what the writer (the checkpointer's rank 0) writes into `directory`. A
     directory on each node's own disk would otherwise commit a checkpoint without the other nodes' shards."""

@@ -84,9 +84,18 @@ every = 20
 """, top='sync = "param_server"\n')
 
 
-def run_with_a_rejoin_checkpoint(tmp_path, world: int, step: int = 40):
+class _Empty:
+    """A stand-in for the server's state (nothing in these tests loads it)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def run_with_a_rejoin_checkpoint(tmp_path, world: int, step: int = 40, server_state: bool = True):
     """A run directory as a `world`-process ps.rejoin run of REJOIN_JOB leaves it at its checkpoint of `step` (written
-    by the server, the last rank), without running it; returns (job file, run directory)."""
+    by the server, the last rank; without its state if not `server_state`), without running it; returns (job file, run
+    directory)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     job = tmp_path / "job.toml"
     job.write_text(REJOIN_JOB)
     config, out = load_job(job), tmp_path / "run"
@@ -96,5 +105,5 @@ def run_with_a_rejoin_checkpoint(tmp_path, world: int, step: int = 40):
     spec = describe(config.data, config.seed)
     model = build_model(config.model, spec.input_shape, spec.num_classes, config.seed)
     meta = {"layout": "single process", "job": config.name, "ps": {"rejoin": True, "mode": "async", "workers": world - 1, "servers": 1}}
-    Checkpointer(out / "checkpoints", world - 1, world, run_id="r1").save_alone(step, [model], meta, {})
+    Checkpointer(out / "checkpoints", world - 1, world, run_id="r1").save_alone(step, [model], meta, {"ps_server": _Empty()} if server_state else {})
     return job, out

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ps_workers
 import pytest
 from torch import nn
@@ -43,11 +45,27 @@ def marker(world: int = 4, rejoin: bool = True, mode: str = "async", **ps) -> di
             "ps": {"rejoin": rejoin, "mode": mode, "workers": world - 1, "servers": 1, **ps}}
 
 
-def test_a_rejoin_checkpoint_of_the_same_processes_and_mode_is_continued():
-    ParamServer.check_checkpoint(cfg(), 4, marker(), "step-00000040")
-    ParamServer.check_checkpoint(cfg(ps={"mode": "ssp", "rejoin": True}), 3, marker(3, mode="ssp"), "step-00000040")
-    ParamServer.check_checkpoint(cfg(ps={"mode": "async"}), 4, marker(rejoin=False), "step-00000040")
-    ParamServer.check_checkpoint(cfg(ps={"mode": "async"}), 4, {"step": 4, "world_size": 4}, "step-00000004")  # older, no "ps"
+class Part:
+    def state_dict(self) -> dict:
+        return {"clocks": [1, 2]}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def written(root, rank: int, world: int) -> Path:
+    """A checkpoint rank `rank` wrote alone, as a ps.rejoin server does."""
+    return Checkpointer(root, rank, world, run_id="r").save_alone(40, [nn.Linear(2, 2)], {}, {"ps_server": Part()})
+
+
+def test_a_rejoin_checkpoint_of_the_same_processes_and_mode_is_continued(tmp_path):
+    ParamServer.check_checkpoint(cfg(), 4, marker(), written(tmp_path / "a", 3, 4))
+    ParamServer.check_checkpoint(cfg(ps={"mode": "ssp", "rejoin": True}), 3, marker(3, mode="ssp"), written(tmp_path / "b", 2, 3))
+    ParamServer.check_checkpoint(cfg(ps={"mode": "async"}), 4, marker(rejoin=False), NAMED)
+    ParamServer.check_checkpoint(cfg(ps={"mode": "async"}), 4, {"step": 4, "world_size": 4}, NAMED)  # older, without "ps"
+
+
+NAMED = Path("step-00000040")  # the refusals below come from the marker alone
 
 
 @pytest.mark.parametrize("job, world, meta, named", [
@@ -61,21 +79,18 @@ def test_a_rejoin_checkpoint_of_the_same_processes_and_mode_is_continued():
 ])
 def test_a_checkpoint_the_server_state_does_not_fit_is_refused_in_one_line(job, world, meta, named):
     with pytest.raises(ShoalError) as err:
-        ParamServer.check_checkpoint(job, world, meta, "step-00000040")
+        ParamServer.check_checkpoint(job, world, meta, NAMED)
     message = str(err.value)
     assert "step-00000040" in message and named in message and "\n" not in message, message
 
 
-def test_a_part_the_checkpoint_lacks_is_refused_in_one_line(tmp_path):
-    """A checkpoint the server alone wrote, read by another rank (another layout): its state is not there."""
-    class Part:
-        def state_dict(self) -> dict:
-            return {"clocks": [1, 2]}
-
-        def load_state_dict(self, state: dict) -> None:
-            pass
-
-    path = Checkpointer(tmp_path, 3, 4, run_id="r").save_alone(4, [nn.Linear(2, 2)], {}, {"ps_server": Part()})
+def test_a_checkpoint_without_the_servers_state_is_refused_in_one_line(tmp_path):
+    """A checkpoint the server alone wrote, asked of another rank (another layout): its state is not there. The marker
+    check refuses it on every rank; loading it would too."""
+    path = written(tmp_path, 3, 4)
+    with pytest.raises(ShoalError, match="holds no state of the parameter server \\(rank 2\\)") as err:
+        ParamServer.check_checkpoint(cfg(), 3, marker(3), path)
+    assert "\n" not in str(err.value)
     Checkpointer(tmp_path, 3, 4).load_alone(path, {"ps_server": Part()})
     with pytest.raises(ShoalError, match="has no ps_server state of rank 2") as err:
         Checkpointer(tmp_path, 2, 3).load_alone(path, {"ps_server": Part()})
@@ -88,3 +103,6 @@ def test_shoal_train_resume_on_another_process_count_is_refused_before_any_worke
             ["ps.rejoin: checkpoint step-00000040", "for 4 processes", "--nproc 4"], tmp_path, capsys)
     refused(["train", str(job), "--out", str(out), "--resume", "--nproc", "4", "--set", "ps.rejoin=false"],
             ["checkpoint step-00000040 was written by the parameter server alone", "ps.rejoin = true"], tmp_path, capsys)
+    job, out = ps_workers.run_with_a_rejoin_checkpoint(tmp_path / "without", 4, server_state=False)
+    refused(["train", str(job), "--out", str(out), "--resume", "--nproc", "4"],  # its marker fits, but not its contents
+            ["checkpoint step-00000040 holds no state of the parameter server (rank 3)"], tmp_path, capsys)

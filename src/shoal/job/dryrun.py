@@ -195,7 +195,7 @@ def check_resume(cfg: JobConfig, spec: DataSpec, dims: ParallelDims, out: Path) 
                 raise ShoalError(f"resume: '{key}' is shaped {tuple(value.shape)} in this job's model but {tuple(saved[key])} in the "
                                  f"checkpoint {latest.name} in '{out}' (another model or data?); resume with the run's settings")
     strategy = SYNC.get(cfg.sync)
-    strategy.check_checkpoint(cfg, dims.world, read_marker(latest), latest.name)
+    strategy.check_checkpoint(cfg, dims.world, read_marker(latest), latest)
     if strategy.total_steps is not SyncStrategy.total_steps or strategy.batch_plan is not SyncStrategy.batch_plan:
         return  # the strategy counts its own steps
     step = int(read_marker(latest).get("step", 0))

@@ -15,7 +15,7 @@
     stats()                             fields for the training record, at log steps
     events()                            records of their own for metrics.jsonl (e.g. a choice made), at log steps
     checkpoint_meta()                   what a restart must know before `wrap`; handed back through `before_resume(meta)`
-    check_checkpoint(cfg, world, meta)  before any rank starts (`--resume`) and in `before_resume`: can it continue from it?
+    check_checkpoint(cfg, world, m, p)  before any worker starts (`--resume`) and on every rank: can it continue from it?
     state_dict() / load_state_dict()    in every checkpoint, with `parts()`
 
 A new strategy is one file with `@SYNC.register("name")` on its class; the job picks it with
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,7 +125,7 @@ class SyncStrategy:
         return {}
 
     @classmethod
-    def check_checkpoint(cls, cfg: JobConfig, world: int, meta: dict[str, Any], name: str) -> None:
+    def check_checkpoint(cls, cfg: JobConfig, world: int, meta: dict[str, Any], path: Path) -> None:
         """Refuse (one line) a checkpoint this strategy cannot continue from consistently; `meta`: its marker."""
 
     def before_resume(self, meta: dict[str, Any]) -> None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from shoal.checkpoint import has_part
 from shoal.data import plan_for
 from shoal.distributed.collectives import TrainingGroup
 from shoal.errors import ShoalError
@@ -224,10 +226,10 @@ class ParamServer(SyncStrategy):
         return {"ps": {"rejoin": self.rejoin, "mode": self.mode, "workers": len(self.workers), "servers": len(self.servers)}}
 
     @classmethod
-    def check_checkpoint(cls, cfg, world: int, meta: dict[str, Any], name: str) -> None:
+    def check_checkpoint(cls, cfg, world: int, meta: dict[str, Any], path: Path) -> None:
         """A ps.rejoin checkpoint holds the server's state alone, the others every rank's: neither continues as the other.
         The server's state (every worker's clock, the ssp clocks) fits only the same workers, servers and mode."""
-        ps = meta.get("ps") or {}
+        ps, name = meta.get("ps") or {}, path.name
         written = bool(ps.get("rejoin", False))
         if written != cfg.ps.rejoin:
             how = "by the parameter server alone (ps.rejoin = true)" if written else "by every rank (ps.rejoin = false)"
@@ -242,10 +244,9 @@ class ParamServer(SyncStrategy):
                              f"{was[2]} server, ps.mode '{was[3]}') but this job has {now[0]} ({now[1]} workers, {now[2]} server, "
                              f"ps.mode '{now[3]}'): its workers' clocks fit no other; resume with --nproc {was[0]} and "
                              f"ps.mode = '{was[3]}', or train into another directory")
-
-    def before_resume(self, meta: dict[str, Any]) -> None:
-        self.check_checkpoint(self.ctx.cfg, self.ctx.env.world_size, meta, f"step-{int(meta.get('step', 0)):08d}")
-        super().before_resume(meta)
+        if not has_part(path, "ps_server", world - 1):
+            raise ShoalError(f"ps.rejoin: checkpoint {name} holds no state of the parameter server (rank {world - 1}), which "
+                             "alone could continue it; resume from another checkpoint, or train into another directory")
 
     def state_dict(self) -> dict[str, Any]:
         return {"versions": list(self.versions), "seen": list(self.seen), "logged": self.logged, "clock": self.clock,
