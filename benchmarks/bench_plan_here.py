@@ -57,6 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--calibrate-seconds", type=float, default=2.0, help="how long calibrate times each of its measurements")
     a = p.parse_args()
     shape = shape_of_job(load_job(JOB))
     measured: dict[str, list[float]] = {name: [] for name in LAYOUTS}
@@ -64,7 +65,7 @@ def main() -> None:
     profiles = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.rounds):  # each round calibrates, then measures every layout: a change of load hits both alike
-            profile = calibrate(Path(tmp) / "here.toml", nproc=2, seconds=0.5, job=JOB)
+            profile = calibrate(Path(tmp) / "here.toml", nproc=2, seconds=a.calibrate_seconds, job=JOB)
             profiles.append(profile.read_text())
             cluster = load_cluster(str(profile), 1, 2)
             for name, (sets, layout) in LAYOUTS.items():

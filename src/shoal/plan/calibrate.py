@@ -111,8 +111,8 @@ def fit_link(times: dict, nproc: int) -> tuple[float, float]:
 
 
 def _job_step(job: Path, nproc: int, threads: int, seconds: float, start, queue) -> None:
-    """One process's (FLOPs, median seconds) of the job's training step on its share of the batch, timed while the
-    other processes time theirs (`start`: a barrier), as training runs them: side by side on the same machine."""
+    """One process's (FLOPs, median seconds) of the job's training step (its optimizer, its clipping) on its share of the
+    batch, timed while the other processes time theirs (`start`: a barrier), as training runs them: side by side."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -121,6 +121,7 @@ def _job_step(job: Path, nproc: int, threads: int, seconds: float, start, queue)
     from shoal.data import load as load_data
     from shoal.models import build_model
     from shoal.models.gpt import lm_loss
+    from shoal.train.optim import build_optimizer
 
     torch.set_num_threads(threads)
     cfg = load_job(job)
@@ -129,10 +130,12 @@ def _job_step(job: Path, nproc: int, threads: int, seconds: float, start, queue)
     loss_fn = lm_loss if splits.spec.task == "lm" else F.cross_entropy
     size = max(cfg.train.global_batch_size // nproc, 1)
     inputs, targets = fetch(splits.train, torch.arange(min(size, len(splits.train))).numpy())[:2]
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)  # the job's own: AdamW's update is part of the step
 
     def step() -> None:
         loss_fn(model(inputs), targets, reduction="sum").backward()
+        if cfg.train.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
