@@ -28,6 +28,7 @@ from shoal.monitor.flops import measured_peak_flops
 from shoal.plan.fixed_costs import PAIR, layout_steps, per_layer
 from shoal.plan.hardware import Device, Network, profile_toml
 from shoal.plan.links import measure_links, slowest
+from shoal.plan.timing import median_time
 
 SIZES = (4096, 1 << 20, 16 << 20)  # bytes
 
@@ -36,24 +37,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def median_time(fn, seconds: float) -> float:
-    """Median seconds of fn() over about `seconds` of repetitions (at least 3). Rank 0's first timing sets the count for
-    all ranks (each deciding for itself would leave one waiting in a collective the others never call)."""
-    dist.barrier()
-    t0 = time.perf_counter()
-    fn()
-    count = torch.tensor([max(3, min(200, int(seconds / max(time.perf_counter() - t0, 1e-6))))])
-    dist.broadcast(count, 0)
-    times = []
-    for _ in range(int(count)):
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def _collectives(rank: int, world: int, port: int, seconds: float, queue) -> None:

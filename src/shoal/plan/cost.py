@@ -163,8 +163,8 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     flops = seqs * shape.seq * shape.train_flops_per_token(L.recompute) / (L.tp * L.pp)
     moved = shape.layers / L.pp * L.microbatches * shape.elementwise_bytes_per_layer(micro, L.tp, d.flash_attention, d.dtype_bytes,
                                                                                     L.recompute)
-    elementwise = moved / d.mem_bw if d.mem_bw else 0.0
-    compute = flops / rate + elementwise
+    matmuls, elementwise = flops / rate, moved / d.mem_bw if d.mem_bw else 0.0
+    compute = matmuls + elementwise
     bubble = compute * bubble_fraction(L.pp, L.microbatches, L.schedule, L.stages_per_rank)
     backward = compute * (2 / 4 if L.recompute else 2 / 3)
     # tensor parallel: 2 all-reduces (or all-gather + reduce-scatter pairs) per layer forward, 2 backward, 2 more to recompute
@@ -197,7 +197,7 @@ def predict(shape: ModelShape, layout: Layout, cluster: Cluster, optimizer: str 
     dp_exposed = exposed(dp_comm, window) if window else dp_comm
     fixed = shape.layers / L.pp * L.microbatches * ((d.fsdp_layer_s if L.fsdp > 1 else 0.0)
                                                    + (d.tp_layer_s * (4 / 3 if L.recompute else 1.0) if L.tp > 1 else 0.0))
-    time = {"compute": compute - elementwise, "element-wise (memory-bound)": elementwise, "pipeline bubble": bubble,
+    time = {"compute": matmuls, "element-wise (memory-bound)": elementwise, "pipeline bubble": bubble,
             "tensor-parallel collectives": tp_comm, "pipeline sends": pp_comm,
             "fsdp gather/scatter (exposed)": fsdp_exposed, "gradient sync (exposed)": dp_exposed, "layout fixed costs": fixed}
     step = sum(time.values())

@@ -12,9 +12,15 @@ planner charges each layer of a real model under that layout (`Device.fsdp_layer
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
+
+from shoal.plan.cost import Layout, predict
+from shoal.plan.hardware import Cluster, Network
+from shoal.plan.shapes import ModelShape
+from shoal.plan.timing import median_time
 
 TINY = {"layers": 4, "dim": 16, "heads": 2, "seq": 8, "vocab": 64, "batch": 8}  # batch: sequences per step of the two processes
 PAIR = 2  # the layouts are measured over two processes: fsdp = 2, tp = 2
@@ -51,7 +57,6 @@ def layout_steps(rank: int, port: int, threads: int, seconds: float, queue) -> N
 
     from shoal.config import ParallelConfig
     from shoal.parallel import sharded, tensor
-    from shoal.plan.calibrate import median_time
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
@@ -69,12 +74,6 @@ def layout_steps(rank: int, port: int, threads: int, seconds: float, queue) -> N
 def per_layer(steps: dict, device) -> dict:
     """Fixed seconds per layer and micro-batch of each layout: its step over the plain one, less the collectives the
     cost model charges the tiny model on `device` (a profile's, with its measured collectives), over the layers."""
-    from dataclasses import replace
-
-    from shoal.plan.cost import Layout, predict
-    from shoal.plan.hardware import Cluster, Network
-    from shoal.plan.shapes import ModelShape
-
     shape = ModelShape(**TINY)
     cluster = Cluster(replace(device, fsdp_layer_s=0.0, tp_layer_s=0.0), Network("none", 1.0, 0.0), 1, PAIR)
     fsdp = predict(shape, Layout(fsdp=PAIR), cluster).time["fsdp gather/scatter (exposed)"]

@@ -152,7 +152,7 @@ class Server(Members):
 
     def after_worker0(self, step: int) -> None:
         """ps.rejoin, once worker 0's push of `step` is taken in: a checkpoint every checkpoint.every of its steps."""
-        if self.every and step % self.every == 0 and step < self.steps:
+        if self._every_step(step):
             self._save_alone(step)
         if self.kill_test_hook is not None:
             self.kill_test_hook(step)
@@ -168,9 +168,13 @@ class Server(Members):
         dist.all_gather(every, padded, group=self.server_group)
         return torch.cat([t[: self.shards.size(j)] for j, t in enumerate(every)])
 
+    def _every_step(self, step: int) -> bool:
+        """A checkpoint.every step before the last (the last has its own, with checkpoint.at_end)."""
+        return bool(self.every) and step % self.every == 0 and step < self.steps
+
     def _due(self, step: int) -> bool:
         """A checkpoint all ranks take together (ps.rejoin: none; the server checkpoints alone, `after_worker0`)."""
-        return bool(self.every) and step % self.every == 0 and step < self.steps and not self.rejoin
+        return self._every_step(step) and not self.rejoin
 
     def _agreed(self, step: int) -> bool:
         """Steps at which every worker must hold the same parameters: checkpoints and the last step."""

@@ -332,8 +332,9 @@ class Trainer:
         if incarnation:
             self.kill_test_hook = None  # test faults fire in the first incarnation only
         own = self.sync.trainer_checkpoints  # False: the strategy's servers checkpoint alone (ps.rejoin)
-        first = self.resume() if self.resume_from is not None and own else self.sync.first_step()
-        if first and not (self.resume_from is not None and own):  # a worker that (re)joined: its schedule stands where its steps stand
+        resuming = self.resume_from is not None and own
+        first = self.resume() if resuming else self.sync.first_step()
+        if first and not resuming:  # a worker that (re)joined: its schedule stands where its steps stand
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
                 for _ in range(first):
