@@ -140,7 +140,7 @@ class CommConfig(Section):
     topk_ratio: float = Field(0.01, gt=0.0, le=1.0, description="topk, randk: share of each gradient tensor's entries sent per step (at least one)")
     qsgd_levels: int = Field(127, ge=1, le=32767, description="qsgd: quantization levels s per sign (up to 127 travel in one byte, up to 32767 in two)")
     error_feedback: bool = Field(True, description="topk, randk: add what a step did not send to the next step's gradient")
-    powersgd_rank: int = Field(2, ge=1, description="rank of the PowerSGD low-rank approximation")
+    powersgd_rank: int = Field(4, ge=1, description="rank of the PowerSGD low-rank approximation")
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
     bucket_mb: float = Field(0.0, ge=0.0, le=1e6, description="DDP gradient bucket size in MB (0: DDP's 1 MB first bucket, then "
                              "25 MB); a bucket is reduced while backward goes on, so one above the model's size turns that overlap off")
