@@ -7,7 +7,7 @@ clocks, an outer optimizer): each rank's `state_dict()` of each part, restored o
 world size. Every rank writes its shards into
 `.tmp-step-00000123/`; only after all ranks finished does rank 0 rename it into place, so a
 crash mid-write never leaves a directory that looks complete (`save_alone`: one rank writes and commits
-a whole checkpoint by itself, ps.rejoin's server). Model and optimizer go through
+a whole checkpoint by itself, or the ranks of one group without the others: ps.rejoin's servers). Model and optimizer go through
 DCP's state-dict API, keyed by the unwrapped model's names, so a checkpoint written under one
 layout (DDP, FSDP, TP, another world size) loads under another.
 """
@@ -275,21 +275,36 @@ class Checkpointer:
         for old in complete_checkpoints(self.root)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def save_alone(self, step: int, modules: list[nn.Module], meta: dict, parts: dict[str, Stateful]) -> Path:
-        """Not a collective: this rank alone writes and commits a whole checkpoint (ps.rejoin: the server holds the run's
-        state, and a worker that died must not stop it). The model's entries (for export and inference), the step and
-        this rank's parts; the same temporary name, marker and rename as `save`."""
+    def save_alone(self, step: int, modules: list[nn.Module], meta: dict, parts: dict[str, Stateful],
+                   group: dist.ProcessGroup | None = None) -> Path:
+        """Not a collective of the job: this rank alone writes and commits a whole checkpoint (ps.rejoin: the servers hold
+        the run's state, and a worker that died must not stop them); with `group`, its members write one together (a
+        collective among them only: ps.rejoin's several servers). The model's entries (for export and inference), the
+        step and each writer's parts; the same temporary name, marker and rename as `save`."""
         started = time.perf_counter()
         tmp, final = self.root / f".tmp-step-{step:08d}", step_dir(self.root, step)
+        first = group is None or dist.get_rank(group) == 0  # creates, publishes
         state = {"model": get_model_state_dict(_single_module(modules)), "train": {"step": step},
                  **{_part_key(name, self.rank): _pack(part) for name, part in parts.items()}}
-        with writing(self.root, f"checkpoint step {step}", tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            with warnings.catch_warnings():  # DCP warns that it saves "in a single process": that is the point
-                warnings.filterwarnings("ignore", message=".*single process.*")
-                dcp.save(state, checkpoint_id=str(tmp), no_dist=True)
-            self._publish(step, tmp, final, meta, started)
+        with writing(self.root, f"checkpoint step {step}", tmp if first else None):
+            if first:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            if group is None:
+                with warnings.catch_warnings():  # DCP warns that it saves "in a single process": that is the point
+                    warnings.filterwarnings("ignore", message=".*single process.*")
+                    dcp.save(state, checkpoint_id=str(tmp), no_dist=True)
+            else:
+                dist.barrier(group=group)
+                if not self.shared_checked:
+                    check_shared(tmp, first, group)  # once per run: the writers' parts must all land in one directory
+                    self.shared_checked = True
+                dcp.save(state, checkpoint_id=str(tmp), process_group=group)
+                dist.barrier(group=group)
+            if first:
+                self._publish(step, tmp, final, meta, started)
+            if group is not None:
+                dist.barrier(group=group)  # nobody goes on (or saves again) before the rename
         return final
 
     def load_alone(self, path: Path, parts: dict[str, Stateful]) -> TrainState:

@@ -170,8 +170,9 @@ class PSConfig(Section):
                                                   "parallel); async: each push applied on arrival; ssp: at most `staleness` steps ahead of the slowest")
     staleness: int = Field(2, ge=0, le=1_000_000, description="ssp: how many steps a worker may run ahead of the slowest worker")
     rejoin: bool = Field(False, description="async, ssp: a worker whose training process dies is started again alone and rejoins "
-                         "with the current parameters; the others go on without it meanwhile. Checkpoints are the server's, "
-                         "written alone every checkpoint.every of worker 0's steps (docs/param_server.md)")
+                         "with the current parameters; the others go on without it meanwhile. Checkpoints are the servers' "
+                         "(several write one together), written alone every checkpoint.every of worker 0's steps "
+                         "(docs/param_server.md)")
 
 
 class AverageConfig(Section):

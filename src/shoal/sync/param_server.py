@@ -13,8 +13,9 @@ gradients of a clock applied together, so staleness 0 is sync). In async and ssp
 clipped by its own norm on its worker. Every worker holds the same parameters at each
 checkpoint step and at the last step (the servers withhold replies until all pushed it).
 With ps.rejoin (async, ssp) a worker's training runs in a child that rejoins when it dies
-(ps_rejoin.py), over a link of its own (ps_link.py); no worker waits for another. Its checkpoints are the
-server's alone (the run's whole state is there): after a whole-job restart every worker joins as if rejoining.
+(ps_rejoin.py), over a link of its own to each server (ps_link.py); no worker waits for another. Its checkpoints are
+the servers' alone (the run's whole state is there, ps_peers.py): after a whole-job restart every worker joins as if
+rejoining, and goes on after the fewest steps any server holds of it (a server that holds more applies none twice).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from shoal.errors import ShoalError
 from shoal.sync import ps_link, ps_server
 from shoal.sync.base import SYNC, SyncContext, SyncStrategy
 from shoal.sync.ps_rejoin import WorkerShare, portable, supervise
-from shoal.sync.ps_wire import TAG, Shards, body, flat_grad, header, message, trainable, write_values
+from shoal.sync.ps_wire import HEADER, TAG, Shards, body, flat_grad, header, message, trainable, write_values
 
 
 def _world() -> tuple[int, int]:
@@ -88,8 +89,8 @@ class ParamServer(SyncStrategy):
         self.pending: list[dict] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.model: nn.Module | None = None
-        self.link = None  # ps.rejoin: this incarnation's link to the server (ps_link.py)
-        self.start = 0  # ps.rejoin: steps this worker had pushed when this incarnation joined
+        self.links: list = []  # ps.rejoin: this incarnation's link to each server (ps_link.py)
+        self.start = 0  # ps.rejoin: steps this worker had pushed (to every server) when this incarnation joined
         self.present = len(self.workers)  # ps.rejoin: workers connected at the last reply
 
     def batch_plan(self, n_samples: int, dataset):
@@ -137,12 +138,15 @@ class ParamServer(SyncStrategy):
         return dataclasses.replace(result, model=self.model)
 
     def _join(self, incarnation: int) -> None:
-        """In the training child: announce this incarnation, make its link, pull the current parameters."""
-        store = ps_link.job_store(self.ctx.cfg.dist.timeout_s)
+        """In the training child: announce this incarnation, make its links, pull the current parameters. It goes on
+        after the fewest steps a server holds of it; its counters as if it had made only those rounds."""
+        store, timeout = ps_link.job_store(self.ctx.cfg.dist.timeout_s), self.ctx.cfg.dist.timeout_s
         ps_link.announce(store, self.ctx.env.rank, incarnation)
-        self.link = ps_link.connect(store, self.ctx.env.rank, incarnation, ps_link.WORKER, self.ctx.cfg.dist.timeout_s)
+        self.links = [ps_link.connect(store, j, self.ctx.env.rank, incarnation, ps_link.WORKER, timeout)
+                      for j in range(len(self.servers))]
         self._pull()
         self.clock = self.rounds = self.start
+        self.bytes_total = self.start * 2 * 4 * sum(HEADER + self.shards.size(j) for j in range(len(self.servers)))
         if incarnation:
             self.pending.clear()  # the first incarnation logged who is who already
 
@@ -161,8 +165,8 @@ class ParamServer(SyncStrategy):
             push = message(hi - lo)
             header(push)[:3] = torch.tensor([self.clock, self.versions[j], own], dtype=torch.float64)
             body(push).copy_(grad[lo:hi])
-            if self.link is not None:
-                sends.append(self.link.send([push], ps_link.SERVER, TAG))
+            if self.links:
+                sends.append(self.links[j].send([push], ps_link.SERVER, TAG))
             else:
                 sends.append(dist.isend(push, dst=dst, group=self.wire, tag=TAG))
             self._count(push)
@@ -175,19 +179,21 @@ class ParamServer(SyncStrategy):
     def _pull(self) -> float:
         """Receive every server's reply; write the parameters in. Returns the norm the servers replied."""
         replies = [message(self.shards.size(j)) for j in range(len(self.servers))]
-        if self.link is not None:
-            self.link.recv(replies, ps_link.SERVER, TAG).wait()
+        if self.links:  # every receive posted before any wait: no server's reply waits on another's
+            works = [link.recv([r], ps_link.SERVER, TAG) for link, r in zip(self.links, replies)]
         else:
-            for work in [dist.irecv(r, src=src, group=self.wire, tag=TAG) for src, r in zip(self.servers, replies)]:
-                work.wait()
+            works = [dist.irecv(r, src=src, group=self.wire, tag=TAG) for src, r in zip(self.servers, replies)]
+        for work in works:
+            work.wait()
         for j, r in enumerate(replies):
             h = header(r)
             self.versions[j] = int(h[0])
             self.seen[j] = (int(h[3]), int(h[4]), int(h[5]))
-            if self.link is not None:
-                self.start, self.present = (int(h[6]), int(h[7])) if not self.clock else (self.start, int(h[7]))
             if self.clock:
                 self._count(r)
+        if self.links:  # (servers may hold different counts of its steps: it died between pushes to two of them)
+            self.start = self.start if self.clock else min(int(header(r)[6]) for r in replies)
+            self.present = min(int(header(r)[7]) for r in replies)
         write_values(self.params, torch.cat([body(r) for r in replies]))
         return float(header(replies[0])[2])
 
@@ -206,7 +212,8 @@ class ParamServer(SyncStrategy):
 
     def stats(self) -> dict[str, float]:
         """comm_bytes: pushed + pulled by this worker per step (log window); comm_rounds, comm_bytes_total: since the
-        start; staleness_mean over the updates the servers applied since the previous record, staleness_max since the start;
+        start (ps.rejoin: of the rounds its pushes count, across rejoins and restarts); staleness_mean over the updates
+        the servers applied since the previous record, staleness_max since the start;
         ps_updates: pushes server 0 took in so far, all workers' (a restart carries the count on: it is the servers' state)."""
         applied, total = sum(s[0] for s in self.seen), sum(s[1] for s in self.seen)
         new = applied - self.logged[0]
@@ -227,12 +234,13 @@ class ParamServer(SyncStrategy):
 
     @classmethod
     def check_checkpoint(cls, cfg, world: int, meta: dict[str, Any], path: Path) -> None:
-        """A ps.rejoin checkpoint holds the server's state alone, the others every rank's: neither continues as the other.
-        The server's state (every worker's clock, the ssp clocks) fits only the same workers, servers and mode."""
+        """A ps.rejoin checkpoint holds the servers' state alone, the others every rank's: neither continues as the other.
+        The servers' state (every worker's clock, the ssp clocks) fits only the same workers, servers and mode, and
+        each server continues only from its own part."""
         ps, name = meta.get("ps") or {}, path.name
         written = bool(ps.get("rejoin", False))
         if written != cfg.ps.rejoin:
-            how = "by the parameter server alone (ps.rejoin = true)" if written else "by every rank (ps.rejoin = false)"
+            how = "by the parameter servers alone (ps.rejoin = true)" if written else "by every rank (ps.rejoin = false)"
             raise ShoalError(f"checkpoint {name} was written {how} and cannot be continued with ps.rejoin = "
                              f"{str(cfg.ps.rejoin).lower()}; resume it with ps.rejoin = {str(written).lower()}, or train into another directory")
         if not written:
@@ -240,13 +248,16 @@ class ParamServer(SyncStrategy):
         was = (meta.get("world_size"), ps.get("workers"), ps.get("servers"), ps.get("mode"))
         now = (world, world - cfg.ps.servers, cfg.ps.servers, cfg.ps.mode)
         if was != now:
-            raise ShoalError(f"ps.rejoin: checkpoint {name} holds the server's state for {was[0]} processes ({was[1]} workers, "
-                             f"{was[2]} server, ps.mode '{was[3]}') but this job has {now[0]} ({now[1]} workers, {now[2]} server, "
-                             f"ps.mode '{now[3]}'): its workers' clocks fit no other; resume with --nproc {was[0]} and "
-                             f"ps.mode = '{was[3]}', or train into another directory")
-        if not has_part(path, "ps_server", world - 1):
-            raise ShoalError(f"ps.rejoin: checkpoint {name} holds no state of the parameter server (rank {world - 1}), which "
-                             "alone could continue it; resume from another checkpoint, or train into another directory")
+            raise ShoalError(f"ps.rejoin: checkpoint {name} holds the servers' state for {was[0]} processes ({was[1]} workers, "
+                             f"{_servers(was[2])}, ps.mode '{was[3]}') but this job has {now[0]} ({now[1]} workers, "
+                             f"{_servers(now[2])}, ps.mode '{now[3]}'): its workers' clocks fit no other; resume with --nproc "
+                             f"{was[0]}, ps.servers = {was[2]} and ps.mode = '{was[3]}', or train into another directory")
+        missing = [r for r in range(world - cfg.ps.servers, world) if not has_part(path, "ps_server", r)]
+        if missing:
+            whose = f"the parameter server (rank {missing[0]})" if len(missing) == 1 else \
+                f"the parameter servers (ranks {', '.join(map(str, missing))})"
+            raise ShoalError(f"ps.rejoin: checkpoint {name} holds no state of {whose}, which alone could continue it; "
+                             "resume from another checkpoint, or train into another directory")
 
     def state_dict(self) -> dict[str, Any]:
         return {"versions": list(self.versions), "seen": list(self.seen), "logged": self.logged, "clock": self.clock,
@@ -257,14 +268,17 @@ class ParamServer(SyncStrategy):
         self.clock, self.rounds, self.bytes_total = state["clock"], state["rounds"], state["bytes_total"]
 
 
+def _servers(n) -> str:
+    return f"{n} server" + ("" if n == 1 else "s")
+
+
 def _check_rejoin(cfg) -> None:
-    """ps.rejoin covers async and ssp with one server (several would each checkpoint alone, at different moments: no one
-    consistent state to restart from); anything else is refused in one line."""
+    """ps.rejoin covers async and ssp with any number of servers (each applies every worker's push of a step once, and
+    they checkpoint together: ps_peers.py); sync mode (every step waits for every worker) and data read per rank or
+    streamed are refused in one line."""
     why = []
     if cfg.ps.mode == "sync":
         why.append("ps.mode = 'async' or 'ssp' (here 'sync': every step waits for every worker)")
-    if cfg.ps.servers != 1:
-        why.append(f"ps.servers = 1 (here {cfg.ps.servers})")
     if cfg.data_read() in ("rank", "stream"):
         why.append(f"data.read = 'all' (here '{cfg.data_read()}')")
     if why:

@@ -1,11 +1,11 @@
-"""Links that survive a worker's death (ps.rejoin): one two-member gloo process group per (worker, incarnation).
+"""Links that survive a worker's death (ps.rejoin): one two-member gloo process group per (server, worker, incarnation).
 
 The job's process groups have a fixed membership: a worker that dies breaks every collective and
 receive that involves it, and a restarted one cannot join them again. So with `ps.rejoin` each
-worker's training process talks to the server over a link of its own, made from the job's TCP
-store (no collective: the server and that one worker meet under the key `link/W/K`, K being the
-worker's incarnation). A worker announces incarnation K under `join/W`; the server, which watches
-those keys, makes the other end. When the worker's process dies, the server's pending receive
+worker's training process talks to each server over a link of its own, made from the job's TCP
+store (no collective: server J and that one worker meet under the key `link/J/W/K`, K being the
+worker's incarnation). A worker announces incarnation K under `join/W`; every server, watching
+those keys, makes its end. When the worker's process dies, the server's pending receive
 fails at once ("Connection reset by peer", measured in ~10 ms): the server reads it as that worker
 leaving, and the next incarnation's announcement as its return.
 """
@@ -27,9 +27,10 @@ def job_store(timeout_s: float) -> dist.Store:
     return dist.PrefixStore(f"shoal-ps-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def connect(store: dist.Store, worker: int, incarnation: int, role: int, timeout_s: float) -> dist.ProcessGroup:
-    """Both ends call this with the same (worker, incarnation); it returns once the other end is there."""
-    return dist.ProcessGroupGloo(dist.PrefixStore(f"link/{worker}/{incarnation}", store), role, 2, timedelta(seconds=timeout_s))
+def connect(store: dist.Store, server: int, worker: int, incarnation: int, role: int, timeout_s: float) -> dist.ProcessGroup:
+    """Both ends call this with the same (server index, worker, incarnation); it returns once the other end is there."""
+    key = f"link/{server}/{worker}/{incarnation}"
+    return dist.ProcessGroupGloo(dist.PrefixStore(key, store), role, 2, timedelta(seconds=timeout_s))
 
 
 def announce(store: dist.Store, worker: int, incarnation: int) -> None:

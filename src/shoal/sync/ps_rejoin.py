@@ -4,8 +4,8 @@ only its own share of each global batch, so no worker ever waits for another.
 The elastic agent watches the worker's own process, which builds everything (model, data, trainer), then
 forks the training: the agent never sees the child die, so it restarts nobody. A child killed by a signal
 is forked again from the same untouched state (milliseconds, nothing rebuilt), announces its next
-incarnation, and the server sends it the current parameters and how many steps it had pushed; it goes on
-from the step after that. A child that raises, or a run out of rejoins (`checkpoint.max_restarts`),
+incarnation, and every server sends it its current range and how many steps it had pushed there; it goes on
+from the step after the fewest. A child that raises, or a run out of rejoins (`checkpoint.max_restarts`),
 ends the worker as any failure does. The child runs torch on one thread: OpenMP's pool does not survive
 a fork (a child of a parent that used two threads hangs in its first matmul, measured).
 """

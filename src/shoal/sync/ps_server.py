@@ -21,7 +21,8 @@ was computed on (async: in pushes applied; ssp and sync: in clocks).
 
 ps.rejoin (async, ssp): every worker on a link of its own (ps_link.py), watched by a thread; a lost
 link is that worker leaving (ssp clocks then complete without it), a new incarnation its return. The only
-agreement point is the last step; the server checkpoints alone, every checkpoint.every of worker 0's steps.
+agreement point is the last step; the servers checkpoint alone (no worker takes part), every checkpoint.every of
+worker 0's steps: server 0 decides, the others join it (ps_peers.py).
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class Server(Members):
         self.rejoin = cfg.ps.rejoin
         self.links: dict[int, dist.ProcessGroup] = {}  # ps.rejoin: worker index -> its current link (ps_link.py)
         self.away: set[int] = set()  # ps.rejoin: workers that left and have not rejoined (ssp clocks complete without them)
+        self.met: set[int] = set()  # ps.rejoin: workers that joined at least once (the run starts when all did)
+        self.started = False
+        self.incarnations: dict[int, int] = {}  # ps.rejoin: worker index -> the incarnation on its current link
+        self.repeats: dict[int, tuple[int, int | None]] = {}  # ps.rejoin: steps a joined worker may re-push (ps_members.py)
+        self.requested: tuple[int, int] | None = None  # ps.rejoin: server 0's save request not joined yet (ps_peers.py)
+        self.peers = None  # ps.rejoin with several servers: the others (ps_peers.py)
         self.timeout_s = cfg.dist.timeout_s
         self.every = 0
         self.checkpoints = None
@@ -145,14 +152,22 @@ class Server(Members):
         self.checkpoints.save(step, [self.model], self.standin, self.scheduler, {}, parts={"ps_server": self})
 
     def _save_alone(self, step: int) -> None:
-        """ps.rejoin: this server alone writes the run's state, named after worker 0's step (whose records a restart
-        keeps up to there); every worker's clock is in it, so each goes on from its own next step."""
+        """ps.rejoin: the servers alone write the run's state (several: together, one checkpoint, ps_peers.py), named
+        after worker 0's step (whose records a restart keeps up to there: with several servers the fewest steps of
+        worker 0 any of them holds); every worker's clock is in it, so each goes on from its own next step."""
+        if self.server_group is not None:
+            least = torch.tensor([step], dtype=torch.int64)
+            dist.all_reduce(least, op=dist.ReduceOp.MIN, group=self.server_group)
+            step = int(least.item())
         write_values(trainable(self.model), self._whole())
-        self.checkpoints.save_alone(step, [self.model], self.meta, {"ps_server": self})
+        self.checkpoints.save_alone(step, [self.model], self.meta, {"ps_server": self}, group=self.server_group)
 
     def after_worker0(self, step: int) -> None:
-        """ps.rejoin, once worker 0's push of `step` is taken in: a checkpoint every checkpoint.every of its steps."""
-        if self._every_step(step):
+        """ps.rejoin, once worker 0's push of `step` is taken in: server 0 checkpoints every checkpoint.every of its
+        steps (asking the others to join it first)."""
+        if self.index == 0 and self._every_step(step):
+            if self.peers is not None:
+                self.peers.ask_save(step, self.incarnations[0])
             self._save_alone(step)
         if self.kill_test_hook is not None:
             self.kill_test_hook(step)
