@@ -26,7 +26,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 from shoal.config import CommConfig
 from shoal.distributed.collectives import TrainingGroup
 
-LEAST_LOSSY_FIRST = ("none", "fp16", "int8", "powersgd", "qsgd", "randk", "topk")
+# measured, not assumed: final accuracy of each method on the MNIST link benchmark (none 0.987, fp16 0.9865, int8 0.986,
+# qsgd 0.9855, powersgd rank 4 0.9845, topk 1% 0.9715, randk 1% 0.83) and on digits (docs/compression.md), same order
+LEAST_LOSSY_FIRST = ("none", "fp16", "int8", "qsgd", "powersgd", "topk", "randk")
 GAIN = 1.10  # a method must beat the next-less-lossy choice by 10% of the step to be worth its noise
 
 
