@@ -15,7 +15,7 @@ from torch import nn
 from shoal.config import ParallelConfig
 from shoal.distributed.mesh import ParallelDims
 from shoal.errors import ShoalError
-from shoal.parallel import balance, hf_pipeline
+from shoal.parallel import hf_pipeline, stage_split
 from shoal.parallel.layers import require_chain
 
 SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved": "ScheduleInterleaved1F1B"}  # torch.distributed.pipelining names
@@ -59,7 +59,7 @@ def n_stages(dims: ParallelDims, cfg: ParallelConfig) -> int:
 
 def _measured_speeds(dims: ParallelDims) -> list[float]:
     """Each pipeline rank's matmul FLOP/s, the slowest of its replicas (a stage runs at its slowest copy's pace)."""
-    mine = torch.tensor([balance.matmul_speed(0.1) * 1e9], dtype=torch.float64)
+    mine = torch.tensor([stage_split.matmul_speed(0.1) * 1e9], dtype=torch.float64)
     every = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     return [min(float(t) for r, t in enumerate(every) if dims.coords(r)["pp"] == p) for p in range(dims.pp)]
@@ -79,7 +79,7 @@ def stage_speeds(dims: ParallelDims, cfg: ParallelConfig, stages: int, timed: bo
         relative = list(cfg.pp_speeds) or [1.0] * dims.pp
         base = 1.0
         if not timed:
-            rate = torch.tensor([balance.matmul_speed(0.1) * 1e9], dtype=torch.float64)
+            rate = torch.tensor([stage_split.matmul_speed(0.1) * 1e9], dtype=torch.float64)
             dist.broadcast(rate, src=0)
             base = float(rate)
         per_rank = [base * v / relative[0] for v in relative]
@@ -96,7 +96,7 @@ def _cuts_from_names(names: list[str], split: list[str], stages: int) -> list[in
     return cuts
 
 
-def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg: ParallelConfig) -> balance.Split:
+def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg: ParallelConfig) -> stage_split.Split:
     """Where to cut; every rank computes the same answer (measured times come from rank 0)."""
     names = require_chain(model, f"parallel.pp = {dims.pp}")
     stages = n_stages(dims, cfg)
@@ -104,19 +104,19 @@ def choose_split(model: nn.Module, sample: torch.Tensor, dims: ParallelDims, cfg
         raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers, the model has {len(names)} ({', '.join(names)})")
     speeds = stage_speeds(dims, cfg, stages, timed=cfg.pp_balance == "time")
     if cfg.pp_balance == "time":
-        costs = torch.tensor(balance.timed_costs(model, names, sample, steps_of(model)), dtype=torch.float64)
+        costs = torch.tensor(stage_split.timed_costs(model, names, sample, steps_of(model)), dtype=torch.float64)
         dist.broadcast(costs, src=0)
         costs = costs.tolist()
     else:
-        costs = balance.flop_costs(model, names, sample, steps_of(model))
+        costs = stage_split.flop_costs(model, names, sample, steps_of(model))
     if cfg.pp_split:
-        return balance.make_split(names, costs, speeds, _cuts_from_names(names, cfg.pp_split, stages))
+        return stage_split.make_split(names, costs, speeds, _cuts_from_names(names, cfg.pp_split, stages))
     units = weighted_units(model, names)  # cut only before layers with weights: no stage is left without any
     if stages > len(units):
         raise ShoalError(f"parallel.pp: {stages} stages need at least {stages} layers with weights, the model has {len(units)}")
     unit_costs = [sum(costs[i] for i in unit) for unit in units]
-    unit_cuts = balance.equal_counts(len(units), stages) if cfg.pp_balance == "layers" else balance.partition(unit_costs, speeds)
-    return balance.make_split(names, costs, speeds, [units[c][0] for c in unit_cuts])
+    unit_cuts = stage_split.equal_counts(len(units), stages) if cfg.pp_balance == "layers" else stage_split.partition(unit_costs, speeds)
+    return stage_split.make_split(names, costs, speeds, [units[c][0] for c in unit_cuts])
 
 
 def weighted_units(model: nn.Module, names: list[str]) -> list[list[int]]:
@@ -146,7 +146,7 @@ def check_untied(stages: list[list[str]], model: nn.Module) -> None:
                     raise ShoalError(f"parallel.pp: a parameter is shared by two pipeline stages (tied weights); {fix}")
 
 
-def local_stages(model: nn.Module, split: balance.Split, pp_rank: int, pp: int) -> dict[int, StageChain]:
+def local_stages(model: nn.Module, split: stage_split.Split, pp_rank: int, pp: int) -> dict[int, StageChain]:
     check_untied(split.stages, model)
     for s, names in enumerate(split.stages):
         if not any(True for n in names for _ in model.get_submodule(n).parameters()):
