@@ -3,8 +3,10 @@
 - SHOAL_TEST_KILL="RANK:STEP" sends SIGKILL to rank RANK right after optimizer step STEP;
   "RANK:STEP:save" kills it inside the checkpoint save of step STEP, after its shards are
   written and before the commit; "RANK:STEP:own" (ps.rejoin) kills the worker's own process, the
-  one the agent started, from its training child after step STEP (the child dies with it). A
-  parameter server rank is killed right after it took in worker 0's push of step STEP.
+  one the agent started, from its training child after step STEP (the child dies with it);
+  "RANK:STEP:between" (ps.rejoin, several servers) kills a worker's training child once its push of
+  step STEP went to server 0 and before the others (first incarnation only). A parameter server
+  rank is killed right after it took in worker 0's push of step STEP.
 - SHOAL_TEST_HANG="RANK:STEP" makes that rank sleep forever after step STEP; SHOAL_TEST_HANG_BEFORE="RANK:TEXT"
   before the first phase outside the steps whose description contains TEXT ("evaluation after step 4").
 - SHOAL_TEST_SLOW_RANK="1" (or "0,2", or "*") burns SHOAL_TEST_SLOW_S (default 0.05) CPU
@@ -57,6 +59,21 @@ def kill_after_step(rank: int) -> Hook:
     """Called after optimizer step N (and its evaluation): SIGKILL at the step SHOAL_TEST_KILL names."""
     own = _kill_step(rank, "own")
     return _killer(own, parent=True) if own is not None else _killer(_kill_step(rank, "step"))
+
+
+def kill_between_pushes(rank: int) -> Hook:
+    """Called by a parameter-server worker once its push of step N is on its way to server 0, before the other servers
+    (it dies 0.2 s later: the push has left by then)."""
+    at = _kill_step(rank, "between")
+    if at is None:
+        return None
+
+    def kill(step: int) -> None:
+        if step == at:
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
 
 
 def kill_before_commit(rank: int) -> Hook:

@@ -31,6 +31,7 @@ from torch import nn
 
 from shoal.checkpoint import has_part
 from shoal.data import plan_for
+from shoal.distributed import fault_injection
 from shoal.distributed.collectives import TrainingGroup
 from shoal.errors import ShoalError
 from shoal.sync import ps_link, ps_server
@@ -92,6 +93,8 @@ class ParamServer(SyncStrategy):
         self.links: list = []  # ps.rejoin: this incarnation's link to each server (ps_link.py)
         self.start = 0  # ps.rejoin: steps this worker had pushed (to every server) when this incarnation joined
         self.present = len(self.workers)  # ps.rejoin: workers connected at the last reply
+        self.incarnation = 0  # ps.rejoin: of this training child
+        self.between_test_hook = fault_injection.kill_between_pushes(ctx.env.rank) if len(self.servers) > 1 else None
 
     def batch_plan(self, n_samples: int, dataset):
         plan = super().batch_plan(n_samples, dataset)
@@ -146,6 +149,7 @@ class ParamServer(SyncStrategy):
                       for j in range(len(self.servers))]
         self._pull()
         self.clock = self.rounds = self.start
+        self.incarnation = incarnation
         self.bytes_total = self.start * 2 * 4 * sum(HEADER + self.shards.size(j) for j in range(len(self.servers)))
         if incarnation:
             self.pending.clear()  # the first incarnation logged who is who already
@@ -167,6 +171,8 @@ class ParamServer(SyncStrategy):
             body(push).copy_(grad[lo:hi])
             if self.links:
                 sends.append(self.links[j].send([push], ps_link.SERVER, TAG))
+                if not j and self.between_test_hook is not None and not self.incarnation:
+                    self.between_test_hook(self.clock)  # (test only: server 0 gets it, the others never will)
             else:
                 sends.append(dist.isend(push, dst=dst, group=self.wire, tag=TAG))
             self._count(push)

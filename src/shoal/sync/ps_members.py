@@ -79,9 +79,10 @@ class Members:
         self.started = True
         self._release()
         if incarnation and self.index == 0:
+            where = f"from step {self.clocks[w] + 1}" if self.peers is None else \
+                f"after the fewest steps any server holds of it (server 0 holds {self.clocks[w]})"
             print(f"parameter server: worker rank {self.workers[w]} rejoined (incarnation {incarnation}) with the "
-                  f"parameters of update {self.version}; it goes on from step {self.clocks[w] + 1}",
-                  file=sys.stderr, flush=True)
+                  f"parameters of update {self.version}; it goes on {where}", file=sys.stderr, flush=True)
 
     def _left(self, w: int) -> None:
         if self.links.pop(w, None) is not None and self.clocks[w] < self.steps:
