@@ -1,7 +1,9 @@
 """The parameter server (docs/param_server.md): sync mode equals data parallel and one process (1 and 2 servers),
 ssp with staleness 0 equals sync, measured staleness never exceeds the ssp bound, async and ssp train digits to
 a stated accuracy, roles and shards are in the records, a SIGKILLed worker's restart is bit-identical (sync) or
-resumes from its checkpoint with the servers' state (async, ssp).
+resumes from its checkpoint with the servers' state (async, ssp); under ps.rejoin (1 and 2 servers) a killed worker
+rejoins while the others go on, and a whole-job restart continues from the servers' own checkpoint, every push applied
+once on every server.
 One 3-process launch trains every parameter-server case; one 2-process launch gives the all-reduce reference."""
 
 from __future__ import annotations
