@@ -124,6 +124,17 @@ HAND_COUNTS = [
 ]
 
 
+def test_powersgd_warm_up_sends_the_whole_gradient_as_fp16(world_of_one):
+    shapes = [(40, 30), (30,), (7,)]
+    step, compressor = compressed("powersgd", *shapes, powersgd_rank=2, powersgd_warmup=2)
+    compressor.stats()
+    grads = [torch.randn(s) for s in shapes]
+    reduced = step(grads)
+    assert compressor.stats()["comm_bytes"] == 1237 * 2  # the bucket in fp16, not torch's fp32
+    for got, sent in zip(reduced, grads):
+        assert torch.equal(got, sent.half().float())  # one rank: the mean is the fp16 rounding of its own gradient
+
+
 @pytest.mark.parametrize("method,comm,wire", HAND_COUNTS, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(HAND_COUNTS)])
 def test_bytes_on_the_wire_match_a_hand_count(world_of_one, method, comm, wire):
     shapes = [(40, 30), (30,), (7,)]
