@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import ps_workers
 import pytest
@@ -337,6 +338,21 @@ REJOIN_CHECKPOINTS = REJOIN.replace("momentum = 0.9", "momentum = 0.5").replace(
     "at_end = false", "at_end = true\nevery = 20\nkeep = 10")
 
 
+def restarted_from_step_40(run, out: Path, killed: int) -> list[dict]:
+    """A rejoin run whose rank `killed` was SIGKILLed after step 50: one restart, said once, without a traceback, resumed
+    from the servers' checkpoint of step 40, and worker 0's 120 steps logged once each (41-50 of the killed attempt
+    replaced). Returns its training records."""
+    said = [line for line in run.stderr.splitlines() if "restarting the workers" in line]
+    assert len(said) == 1 and f"rank {killed} on " in said[0] and "(killed by SIGKILL)" in said[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "UserWarning" not in run.stderr, run.stderr[-3000:]
+    (resumed,) = records(out, "resume")
+    assert resumed["step"] == 40 and resumed["parts"] == ["ps_server"] and resumed["path"].endswith("step-00000040"), resumed
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 121))
+    assert all(r["unix_time"] >= resumed["unix_time"] for r in train[40:]) and train[39]["unix_time"] < resumed["unix_time"]
+    return train
+
+
 @pytest.mark.slow
 # Accuracy after 120 steps: async (360 updates of 12 samples) 0.91-0.92 uninterrupted; ssp (120 clock updates of 36,
 # as sync) 0.81 uninterrupted and 0.81 restarted (measured).
@@ -353,14 +369,7 @@ def test_a_rejoin_run_restarts_from_the_servers_checkpoint(dirs, mode, kill, kil
     job.write_text(REJOIN_CHECKPOINTS.replace('mode = "async"', f'mode = "{mode}"\nstaleness = 2'))
     out = dirs / f"rejoin-ckpt-{mode}"
     run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": kill, "SHOAL_TEST_PACE_S": "0.01"})
-    said = [line for line in run.stderr.splitlines() if "restarting the workers" in line]
-    assert len(said) == 1 and f"rank {killed} on " in said[0] and "(killed by SIGKILL)" in said[0], run.stderr[-3000:]
-    assert "Traceback" not in run.stderr and "UserWarning" not in run.stderr, run.stderr[-3000:]
-    (resumed,) = records(out, "resume")
-    assert resumed["step"] == 40 and resumed["parts"] == ["ps_server"] and resumed["path"].endswith("step-00000040"), resumed
-    train = records(out, "train")
-    assert [r["step"] for r in train] == list(range(1, 121))  # steps 41-50 of the killed attempt were replaced
-    assert all(r["unix_time"] >= resumed["unix_time"] for r in train[40:]) and train[39]["unix_time"] < resumed["unix_time"]
+    train = restarted_from_step_40(run, out, killed)
     at40, end = server_state(out / "checkpoints" / "step-00000040"), server_state(out / "checkpoints" / "step-00000120")
     assert at40["clocks"][0] == 40 and end["clocks"] == [120, 120, 120], (at40["clocks"], end["clocks"])
     waiting = sum(len(pushes) for pushes in at40["pending"].values())  # ssp: pushes of clocks not complete yet
@@ -387,14 +396,7 @@ def test_a_rejoin_run_with_two_servers_restarts_from_their_checkpoint(dirs, mode
     job.write_text(two_servers(REJOIN_CHECKPOINTS, mode))
     out = dirs / f"rejoin2-ckpt-{mode}"
     run = shoal_train(job, out, "--nproc", "4", env={"SHOAL_TEST_KILL": f"{killed}:50", "SHOAL_TEST_PACE_S": "0.01"})
-    said = [line for line in run.stderr.splitlines() if "restarting the workers" in line]
-    assert len(said) == 1 and f"rank {killed} on " in said[0] and "(killed by SIGKILL)" in said[0], run.stderr[-3000:]
-    assert "Traceback" not in run.stderr and "UserWarning" not in run.stderr, run.stderr[-3000:]
-    (resumed,) = records(out, "resume")
-    assert resumed["step"] == 40 and resumed["parts"] == ["ps_server"] and resumed["path"].endswith("step-00000040"), resumed
-    train = records(out, "train")
-    assert [r["step"] for r in train] == list(range(1, 121))  # steps 41-50 of the killed attempt were replaced
-    assert all(r["unix_time"] >= resumed["unix_time"] for r in train[40:]) and train[39]["unix_time"] < resumed["unix_time"]
+    train = restarted_from_step_40(run, out, killed)
     for rank in (2, 3):
         at40, end = server_state(out / "checkpoints" / "step-00000040", rank), server_state(out / "checkpoints" / "step-00000120", rank)
         assert at40["clocks"][0] in (40, 41) and end["clocks"] == [120, 120], (rank, at40["clocks"], end["clocks"])
