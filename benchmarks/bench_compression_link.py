@@ -44,21 +44,22 @@ def shape_links(net: Network, rate: str) -> None:
                         "burst", "1mbit", "latency", "50ms"], check=True, capture_output=True, timeout=10)
 
 
+# Each "machine" gets cores of its own (taskset) and one torch thread per core it has: two machines sharing every
+# core of this host, each with a thread per host core, would oversubscribe them (measured: the MNIST CNN's compute
+# 24 ms a step instead of 16) and slow every method's compute, which real machines do not share.
+CORES_PER_MACHINE = max((os.cpu_count() or 1) // 2, 1)
+
+
 def machine_cores(node: int) -> list[str]:
-    """Each "machine" gets cores of its own (taskset) and one torch thread per core it has: two machines sharing every
-    core of this host, each with a thread per host core, would oversubscribe them (measured: the MNIST CNN's compute
-    24 ms a step instead of 16) and slow every method's compute, which real machines do not share."""
-    cores = os.cpu_count() or 1
-    if cores < 2:
+    if (os.cpu_count() or 1) < 2:
         return []
-    per = cores // 2
-    return ["taskset", "-c", ",".join(str(c) for c in range(node * per, (node + 1) * per))]
+    first = node * CORES_PER_MACHINE
+    return ["taskset", "-c", ",".join(str(c) for c in range(first, first + CORES_PER_MACHINE))]
 
 
 def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> list[dict]:
     port = random.randint(20000, 29000)
-    per = max((os.cpu_count() or 1) // 2, 1)
-    extra = [a for s in [f"train.threads={per}", *sets] for a in ("--set", s)]
+    extra = [a for s in [f"train.threads={CORES_PER_MACHINE}", *sets] for a in ("--set", s)]
     procs = [net.start(i, [*machine_cores(i), sys.executable, "-m", "shoal", "train", str(job), "--nproc", "1", "--out", str(out), "--overwrite",
                            "--nnodes", "2", "--node-rank", str(i), "--rdzv", f"{net.address(0)}:{port}", *extra], logs / f"node{i}.log")
              for i in range(2)]

@@ -216,6 +216,19 @@ class Checkpointer:
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier(group=self.group)
 
+    def _check_shared_once(self, tmp: Path, is_writer: bool, group: dist.ProcessGroup | None) -> None:
+        """Collective, at the run's first save only: every writer sees the directory (check_shared); refused, the
+        temporary directory goes."""
+        if self.shared_checked:
+            return
+        try:
+            check_shared(tmp, is_writer, group)
+        except ShoalError:
+            if is_writer:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.shared_checked = True
+
     def save(self, step: int, modules: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler, meta: dict, fault=None,
              parts: dict[str, Stateful] | None = None) -> Path:
         """Collective: every rank writes its shards, then rank 0 commits the directory and prunes old ones."""
@@ -226,14 +239,8 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        if not self.shared_checked and dist.is_initialized() and dist.get_world_size(self.group) > 1:
-            try:
-                check_shared(tmp, self.rank == 0, self.group)  # once per run: the first save
-            except ShoalError:
-                if self.rank == 0:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            self.shared_checked = True
+        if dist.is_initialized() and dist.get_world_size(self.group) > 1:
+            self._check_shared_once(tmp, self.rank == 0, self.group)
         model_sd, optim_sd = get_state_dict(_single_module(modules), optimizer)
         state = {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "train": {"step": step},
                  f"rng_rank{self.rank}": rng_state()}
@@ -296,9 +303,7 @@ class Checkpointer:
                     dcp.save(state, checkpoint_id=str(tmp), no_dist=True)
             else:
                 dist.barrier(group=group)
-                if not self.shared_checked:
-                    check_shared(tmp, first, group)  # once per run: the writers' parts must all land in one directory
-                    self.shared_checked = True
+                self._check_shared_once(tmp, first, group)  # the writers' parts must all land in one directory
                 dcp.save(state, checkpoint_id=str(tmp), process_group=group)
                 dist.barrier(group=group)
             if first:

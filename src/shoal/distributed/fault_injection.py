@@ -44,12 +44,13 @@ def _kill_step(rank: int, where: str) -> int | None:
     return int(target_step) if int(target_rank) == rank and (place[0] if place else "step") == where else None
 
 
-def _killer(at: int | None, parent: bool = False) -> Hook:
+def _killer(at: int | None, parent: bool = False, delay_s: float = 0.0) -> Hook:
     if at is None:
         return None
 
     def kill(step: int) -> None:
         if step == at:
+            time.sleep(delay_s)
             os.kill(os.getppid() if parent else os.getpid(), signal.SIGKILL)
 
     return kill
@@ -64,16 +65,7 @@ def kill_after_step(rank: int) -> Hook:
 def kill_between_pushes(rank: int) -> Hook:
     """Called by a parameter-server worker once its push of step N is on its way to server 0, before the other servers
     (it dies 0.2 s later: the push has left by then)."""
-    at = _kill_step(rank, "between")
-    if at is None:
-        return None
-
-    def kill(step: int) -> None:
-        if step == at:
-            time.sleep(0.2)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return kill
+    return _killer(_kill_step(rank, "between"), delay_s=0.2)
 
 
 def kill_before_commit(rank: int) -> Hook:

@@ -37,7 +37,7 @@ from shoal.errors import ShoalError
 from shoal.sync import ps_link, ps_server
 from shoal.sync.base import SYNC, SyncContext, SyncStrategy
 from shoal.sync.ps_rejoin import WorkerShare, portable, supervise
-from shoal.sync.ps_wire import HEADER, TAG, Shards, body, flat_grad, header, message, trainable, write_values
+from shoal.sync.ps_wire import TAG, Shards, body, flat_grad, header, message, trainable, write_values
 
 
 def _world() -> tuple[int, int]:
@@ -150,7 +150,7 @@ class ParamServer(SyncStrategy):
         self._pull()
         self.clock = self.rounds = self.start
         self.incarnation = incarnation
-        self.bytes_total = self.start * 2 * 4 * sum(HEADER + self.shards.size(j) for j in range(len(self.servers)))
+        self.bytes_total = self.start * 2 * sum(message(self.shards.size(j)).nbytes for j in range(len(self.servers)))  # (as _count)
         if incarnation:
             self.pending.clear()  # the first incarnation logged who is who already
 
