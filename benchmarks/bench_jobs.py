@@ -2,11 +2,11 @@
 pass, not Python, is the cost)."""
 
 
-def wide_mlp(name: str) -> str:
+def wide_mlp(name: str, hidden: tuple[int, ...] = (1024, 1024, 1024)) -> str:
     return f'''name = "{name}"
 [model]
 name = "mlp"
-hidden = [1024, 1024, 1024]
+hidden = {list(hidden)}
 [data]
 name = "synthetic"
 synthetic_features = 64

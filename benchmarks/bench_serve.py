@@ -1,8 +1,9 @@
 """`shoal serve` under a bounded load generator on loopback: requests/s and p50/p99 latency for 1 and 2 replicas,
 with and without dynamic batching, against a plain single-process loop over the same model.
 
-The model: an MLP (64 features -> 3 x 1024 hidden -> 10) trained for one step with `shoal train`, heavy enough
-per sample that the model, not JSON, is what a request costs. Every load is a fixed number of requests from a
+The model: an MLP (64 features -> 3 x 1024 hidden -> 10 by default, `--hidden` for others) trained for one step
+with `shoal train`. At 1024 wide a sample costs about 0.4 ms, so HTTP and JSON weigh as much as the model;
+`--hidden 4096,4096,4096` (about 5 ms a sample) is a model whose own cost dominates. Every load is a fixed number of requests from a
 fixed number of client threads on keep-alive connections, capped by a duration; every server is a real
 `shoal serve` process. Every replica and the plain loop use one intra-op thread: on a shared 2-core machine
 more threads mostly measure OpenMP threads spinning against other load. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
@@ -34,11 +35,9 @@ from bench_jobs import wide_mlp  # noqa: E402
 from shoal.distributed.env import free_port  # noqa: E402
 from shoal.infer import build, resolve  # noqa: E402
 
-JOB = wide_mlp("bench-serve")
 
-
-def train(tmp: Path) -> Path:
-    (tmp / "job.toml").write_text(JOB)
+def train(tmp: Path, hidden: tuple[int, ...]) -> Path:
+    (tmp / "job.toml").write_text(wide_mlp("bench-serve", hidden))
     subprocess.run([sys.executable, "-m", "shoal", "train", str(tmp / "job.toml"), "--out", str(tmp / "run")], check=True,
                    capture_output=True, timeout=600)
     return tmp / "run"
@@ -145,7 +144,8 @@ def one_round(run: Path, args, results: dict) -> None:
                 for clients in args.clients:
                     add(f"{name}, {clients} clients", load(server.port, args.requests, clients, 1, args.max_seconds))
                 if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
-                    add("serve 1 replica, requests of 32", load(server.port, args.requests // 4, 2, 32, args.max_seconds))
+                    add("serve 1 replica, requests of 32", load(server.port, args.requests // 4, args.overhead_clients, 32,
+                                                                args.max_seconds))
             finally:
                 server.stop()
 
@@ -155,6 +155,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--clients", type=lambda v: [int(c) for c in v.split(",")], default=[8, 32],
                         help="client threads of each load, comma-separated")
+    parser.add_argument("--hidden", type=lambda v: tuple(int(h) for h in v.split(",")), default=(1024, 1024, 1024),
+                        help="the MLP's hidden widths, comma-separated (4096,4096,4096: a model whose cost, not HTTP's, dominates)")
+    parser.add_argument("--overhead-clients", type=int, default=2,
+                        help="client threads sending the 32-sample requests of the overhead row")
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, interleaved; report the medians")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
@@ -162,12 +166,13 @@ def main() -> None:
     rounds: dict[str, list[dict]] = {}
     loads = [open("/proc/loadavg").read().split()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        run = train(Path(tmp))
+        run = train(Path(tmp), args.hidden)
         for _ in range(args.rounds):
             one_round(run, args, rounds)
             loads.append(open("/proc/loadavg").read().split()[0])
     results = {name: median_of(runs) for name, runs in rounds.items()}
-    print(f"{args.rounds} round(s), medians; load average (1 min) at the start and after each round: {', '.join(loads)}")
+    print(f"MLP 64 -> {' x '.join(map(str, args.hidden))} -> 10; {args.rounds} round(s), medians; "
+          f"load average (1 min) at the start and after each round: {', '.join(loads)}")
     for name, r in results.items():
         print(f"{name:40s} " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     for clients in args.clients:
@@ -183,7 +188,8 @@ def main() -> None:
     print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}% (per round: "
           f"{', '.join(f'{100 * o:.0f}%' for o in overheads)})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"medians": results, "rounds": rounds, "load": loads}, indent=1) + "\n")
+    summary = {"hidden": args.hidden, "overhead_clients": args.overhead_clients, "medians": results, "rounds": rounds, "load": loads}
+    args.json.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
