@@ -8,6 +8,9 @@ fixed number of client threads on keep-alive connections, capped by a duration; 
 `shoal serve` process. Every replica and the plain loop use one intra-op thread: on a shared 2-core machine
 more threads mostly measure OpenMP threads spinning against other load. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
 worse than twice one request's latency; the service's overhead over the plain loop at the same batch size <= 10%.
+Closed-loop clients put a request's latency at (clients / throughput) by Little's law whatever the server does, so
+the p99 target is also read as an open-loop sweep: requests due at a fixed rate, latency counted from when each
+was due, and the highest rate each mode serves with p99 within twice one lone request's latency (`--no-slo` skips it).
 """
 
 from __future__ import annotations
@@ -79,9 +82,38 @@ class Serve:
         self.proc.wait(120)
 
 
+def request_body(samples: int) -> bytes:
+    return json.dumps({"inputs": np.random.default_rng(0).standard_normal((samples, 64)).round(4).tolist()}).encode()
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> int:
+    conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def summary(latencies: list[float], codes: dict[int, int], wall: float, samples: int) -> dict:
+    lat = sorted(latencies)
+    return {"requests": len(lat), "codes": codes, "requests_per_s": len(lat) / wall, "samples_per_s": samples * len(lat) / wall,
+            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(int(len(lat) * 0.99), len(lat) - 1)]}
+
+
+def run_threads(target, count: int) -> float:
+    """Run `count` threads of `target` to the end; the wall time they took."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def load(port: int, requests: int, clients: int, samples: int, max_seconds: float) -> dict:
-    """`requests` POSTs of `samples` samples each from `clients` threads (keep-alive), or fewer if `max_seconds` runs out."""
-    body = json.dumps({"inputs": np.random.default_rng(0).standard_normal((samples, 64)).round(4).tolist()}).encode()
+    """Closed loop: `requests` POSTs of `samples` samples each from `clients` threads (keep-alive), each sending its
+    next request when its last is answered, or fewer if `max_seconds` runs out."""
+    body = request_body(samples)
     latencies: list[float] = []
     codes: dict[int, int] = {}
     lock = threading.Lock()
@@ -96,24 +128,60 @@ def load(port: int, requests: int, clients: int, samples: int, max_seconds: floa
                     break
                 left[0] -= 1
             t = time.perf_counter()
-            conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
+            status = post(conn, body)
             with lock:
                 latencies.append(time.perf_counter() - t)
-                codes[response.status] = codes.get(response.status, 0) + 1
+                codes[status] = codes.get(status, 0) + 1
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    lat = sorted(latencies)
-    return {"requests": len(lat), "codes": codes, "requests_per_s": len(lat) / wall, "samples_per_s": samples * len(lat) / wall,
-            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(int(len(lat) * 0.99), len(lat) - 1)]}
+    return summary(latencies, codes, run_threads(client, clients), samples)
+
+
+def paced_load(port: int, rate: float, requests: int, connections: int = 64) -> dict:
+    """Open loop: request i (one sample) is due at start + i / rate whatever the server's pace, and its latency counts
+    from when it was due, so a server that falls behind pays for the wait (no coordinated omission)."""
+    body = request_body(1)
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+    issued = [0]
+    start = time.perf_counter() + 0.1
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                i = issued[0]
+                if i == requests:
+                    break
+                issued[0] += 1
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            status = post(conn, body)
+            with lock:
+                latencies.append(time.perf_counter() - due)
+                codes[status] = codes.get(status, 0) + 1
+        conn.close()
+
+    wall = run_threads(client, connections) - 0.1
+    return {"offered_per_s": rate, **summary(latencies, codes, wall, 1)}
+
+
+def rate_under_slo(port: int, slo_ms: float, lone_rate: float) -> dict:
+    """Offer rising rates (multiples of one lone request's rate, about 3 s each) until p99 passes `slo_ms` twice in
+    a row; the highest offered rate whose p99 stayed within it, every request answered 200, and every rate tried."""
+    tried, best, misses = [], 0.0, 0
+    for multiple in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0):
+        rate = multiple * lone_rate
+        r = paced_load(port, rate, max(150, int(3 * rate)))
+        tried.append(r)
+        if r["p99_ms"] <= slo_ms and set(r["codes"]) == {200}:
+            best, misses = rate, 0
+        else:
+            misses += 1
+            if misses == 2:
+                break
+    return {"slo_ms": slo_ms, "requests_per_s": best, "tried": tried}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -127,8 +195,9 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def one_round(run: Path, args, results: dict) -> None:
-    """Every configuration once, in a fixed order; a result per name is appended to `results`."""
+def one_round(run: Path, args, results: dict, sweeps: dict) -> None:
+    """Every configuration once, in a fixed order; a result per name is appended to `results`, and every rate an
+    open-loop sweep tried to `sweeps`."""
     add = lambda name, value: results.setdefault(name, []).append(value)  # noqa: E731
     add("plain batch 1", plain_loop(run, 1, 3.0))
     add("plain batch 32", plain_loop(run, 32, 3.0))
@@ -146,6 +215,11 @@ def one_round(run: Path, args, results: dict) -> None:
                 if replicas == 1 and batching:  # the same batch size as the plain loop: what the service adds
                     add("serve 1 replica, requests of 32", load(server.port, args.requests // 4, args.overhead_clients, 32,
                                                                 args.max_seconds))
+                if replicas == 1 and args.slo:
+                    lone_ms = results["single request"][-1]["p50_ms"]
+                    found = rate_under_slo(server.port, 2 * lone_ms, 1e3 / lone_ms)
+                    sweeps.setdefault(name, []).append(found.pop("tried"))
+                    add(f"{name}, open loop, highest rate with p99 <= 2x one request", found)
             finally:
                 server.stop()
 
@@ -160,15 +234,18 @@ def main() -> None:
     parser.add_argument("--overhead-clients", type=int, default=2,
                         help="client threads sending the 32-sample requests of the overhead row")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--no-slo", dest="slo", action="store_false",
+                        help="skip the open-loop sweeps for the highest rate at p99 <= 2x one request's latency")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, interleaved; report the medians")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
     rounds: dict[str, list[dict]] = {}
+    sweeps: dict[str, list[list[dict]]] = {}
     loads = [open("/proc/loadavg").read().split()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         run = train(Path(tmp), args.hidden)
         for _ in range(args.rounds):
-            one_round(run, args, rounds)
+            one_round(run, args, rounds, sweeps)
             loads.append(open("/proc/loadavg").read().split()[0])
     results = {name: median_of(runs) for name, runs in rounds.items()}
     print(f"MLP 64 -> {' x '.join(map(str, args.hidden))} -> 10; {args.rounds} round(s), medians; "
@@ -187,9 +264,18 @@ def main() -> None:
     overhead = 1 - results["serve 1 replica, requests of 32"]["samples_per_s"] / results["plain batch 32"]["samples_per_s"]
     print(f"service overhead at batch 32 (1 replica vs plain loop): {100 * overhead:.1f}% (per round: "
           f"{', '.join(f'{100 * o:.0f}%' for o in overheads)})")
+    for name, runs in sweeps.items():
+        print(f"{name}, open loop, last round: " + ", ".join(f"{r['offered_per_s']:.0f}/s p99 {r['p99_ms']:.1f} ms" for r in runs[-1]))
+    if args.slo:
+        within = {mode: f"serve 1 replica, {mode}, open loop, highest rate with p99 <= 2x one request" for mode in ("one at a time", "batching")}
+        per_round = [b["requests_per_s"] / max(o["requests_per_s"], 1e-9) for o, b in zip(rounds[within["one at a time"]], rounds[within["batching"]])]
+        print(f"open loop, 1 replica, p99 within 2x one request's latency ({results[within['batching']]['slo_ms']:.1f} ms): batching "
+              f"{results[within['batching']]['requests_per_s']:.0f} requests/s, one at a time {results[within['one at a time']]['requests_per_s']:.0f}"
+              f" (per round: {', '.join(f'{r:.2f}x' for r in per_round)})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"hidden": args.hidden, "overhead_clients": args.overhead_clients, "medians": results, "rounds": rounds, "load": loads}
-    args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    report = {"hidden": args.hidden, "overhead_clients": args.overhead_clients, "medians": results, "rounds": rounds, "sweeps": sweeps,
+              "load": loads}
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
