@@ -7,7 +7,8 @@ accuracy. Needs root (namespaces; the root namespace is never touched). Usage:
 
     python benchmarks/bench_compression_link.py [--methods none,fp16,...] [--steps N] [--rate 100mbit]
 
-`--methods` also takes the averaging variants of bench_averaging.py (local8, local32, diloco32, ...):
+`--methods` also takes PowerSGD with its rank and warm-up in the name (powersgd16w20: rank 16, 20 warm-up
+steps) and the averaging variants of bench_averaging.py (local8, local32, diloco32, ...):
 data parallel, local SGD and DiLoCo over the same slow link.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -73,13 +75,16 @@ def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> li
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-TUNED = {"powersgd4": ["comm.compression='powersgd'", "comm.powersgd_rank=4"]}  # a method with other settings
+POWERSGD_TUNED = re.compile(r"powersgd(\d+)(?:w(\d+))?")  # powersgd16w20: rank 16, 20 warm-up steps
 
 
 def variant_sets(name: str) -> list[str]:
-    """A compression method (none, fp16, ...), one of TUNED, or an averaging variant of bench_averaging.py (local32, ...)."""
-    if name in TUNED:
-        return TUNED[name]
+    """A compression method (none, fp16, ...), PowerSGD with its rank and warm-up in the name (powersgd8, powersgd16w20),
+    or an averaging variant of bench_averaging.py (local32, ...)."""
+    tuned = POWERSGD_TUNED.fullmatch(name)
+    if tuned:
+        rank, warmup = tuned.groups()
+        return ["comm.compression='powersgd'", f"comm.powersgd_rank={rank}", *([f"comm.powersgd_warmup={warmup}"] if warmup else [])]
     return VARIANTS[name] if name in VARIANTS and name != "dp" else [f"comm.hook='{name}'"]
 
 
