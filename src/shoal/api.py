@@ -8,6 +8,7 @@ then calls this).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def _model_classes(model: nn.Module, task: str) -> int | None:
 
 
 @speaks_api
+def _write_own_report(path: Path) -> None:
+    """Every run directory gets its report. A full disk is the usual one-line error; any other failure is a bug of the
+    page's, not of the training: it is one warning, since failing here would restart a finished job into the same failure."""
+    kept = "the model (model.pt) and the checkpoints are saved"
+    try:
+        write_report([path], path / "report.html", kept=kept)
+    except ShoalError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        print(f"warning: {path / 'report.html'} was not written ({type(err).__name__}: {err}); {kept}; `shoal report {path}` "
+              "tries again (please report this as a bug)", file=sys.stderr)
+
+
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
         *, num_classes: int | None = None, loss_fn: LossFn | None = None, out: str | Path | None = None,
         overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,
@@ -118,8 +132,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, c
         state = trainer.layout.full_state_dict()  # a collective: every rank takes part; rank 0 gets the whole model
         if run_dir is not None:
             run_dir.save_model(state)
-            write_report([run_dir.path], run_dir.path / "report.html",  # every run directory gets its report
-                         kept="the model (model.pt) and the checkpoints are saved")
+            _write_own_report(run_dir.path)
     finally:
         if run_dir is not None:
             run_dir.close()  # also when training failed: the directory's lock goes with this call, not the process

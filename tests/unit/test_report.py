@@ -3,6 +3,7 @@ marks the straggler, puts runs side by side, and renders in a real headless brow
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,12 +11,15 @@ import subprocess
 import pytest
 
 import shoal
+import shoal.report
 from job_files import digits_mlp
 from runs import records, shoal_train
 from shoal.cli import main
 from shoal.config import load_job
 from shoal.data import load as load_data
 from shoal.models import build_model
+from shoal.report import load_run, write_report
+from shoal.report.page import _per_rank
 from shoal.report.svg import nice_ticks
 
 JOB = """
@@ -31,12 +35,17 @@ straggler_windows = 1
 """
 
 
+def _job(root):
+    job = root / "job.toml"
+    job.write_text(digits_mlp("report", JOB))
+    return job
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One 2-process run whose rank 1 burns 30 ms more CPU per step (a straggler), and one 1-process run."""
     root = tmp_path_factory.mktemp("report")
-    job = root / "job.toml"
-    job.write_text(digits_mlp("report", JOB))
+    job = _job(root)
     slow, single = root / "slow", root / "single"
     shoal_train(job, slow, "--nproc", "2", env={"SHOAL_TEST_SLOW_RANK": "1", "SHOAL_TEST_SLOW_S": "0.03"})
     cfg = load_job(job)
@@ -67,6 +76,35 @@ def test_several_runs_side_by_side_through_the_command(runs, tmp_path, capsys):
     assert all(f"({r.name})" in page for r in runs)  # both named in the summary and the legends
     summary = page[page.index("<h2>Summary"):page.index("<h2>Side by side")]
     assert "<td>2</td>" in summary and "<td>1</td>" in summary  # processes of each
+
+
+def test_an_elastic_run_whose_world_size_changes_gets_its_report(tmp_path):
+    """A node left at step 20 and another joined at step 40: each rank's line holds the steps it took part in, paired
+    with its own values, and a straggler named on a rank that had left does not stop the page (it did, with an
+    IndexError that failed the finished job in every restart)."""
+    sizes = {10: 2, 20: 2, 30: 1, 40: 2, 50: 2}
+    rows = [{"kind": "train", "step": step, "loss": 1.0 / step, "rank_busy_s_per_rank": [0.01 * (r + 1) + step / 1e4 for r in range(n)],
+             "rank_step_s_per_rank": [0.02] * n} for step, n in sizes.items()]
+    rows.insert(2, {"kind": "straggler", "rank": 1, "step": 30, "step_s": 0.05, "median_s": 0.02})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    busy = _per_rank(load_run(tmp_path), "rank_busy_s")
+    assert [line.xs for line in busy] == [[10, 20, 30, 40, 50], [10, 20, 40, 50]]
+    assert busy[1].ys == [0.02 + step / 1e4 for step in (10, 20, 40, 50)]
+    page = write_report([tmp_path]).read_text()
+    assert "rank 1 at step 30" in page and 'class="mark"' in page
+
+
+def test_a_page_that_fails_to_render_is_a_warning_not_a_failed_job(tmp_path, monkeypatch, capsys):
+    def broken(runs):
+        raise IndexError("list index out of range")
+    monkeypatch.setattr(shoal.report, "render", broken)
+    cfg = load_job(_job(tmp_path))
+    splits = load_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    result = shoal.fit(model, splits.train, splits.eval, cfg, out=tmp_path / "run", summary=False, show_progress=False)
+    assert result.steps == 30 and (tmp_path / "run" / "model.pt").is_file() and not (tmp_path / "run" / "report.html").exists()
+    err = capsys.readouterr().err
+    assert "report.html was not written (IndexError: list index out of range)" in err and "`shoal report" in err
 
 
 def test_a_directory_without_metrics_is_refused_in_one_line(tmp_path, capsys):

@@ -89,11 +89,14 @@ def compare(runs: list[Run]) -> str:
 
 
 def _per_rank(run: Run, key: str) -> list[Line]:
+    """A line per rank, over the steps that rank took part in: an elastic run's world size changes when a node leaves
+    or joins, so each line keeps its own steps, paired with its own values."""
     rows = [(r["step"], r[f"{key}_per_rank"]) for r in run.train if isinstance(r.get(f"{key}_per_rank"), list)]
-    if not rows:
-        return []
-    ranks = len(rows[0][1])
-    return [Line(f"rank {i}", [s for s, _ in rows], [v[i] for _, v in rows if i < len(v)]) for i in range(ranks)]
+    lines = []
+    for rank in range(max((len(v) for _, v in rows), default=0)):
+        points = [(step, v[rank]) for step, v in rows if rank < len(v)]
+        lines.append(Line(f"rank {rank}", [s for s, _ in points], [y for _, y in points]))
+    return lines
 
 
 def _mark_stragglers(run: Run, lines: list[Line]) -> None:
