@@ -60,7 +60,6 @@ def _model_classes(model: nn.Module, task: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-@speaks_api
 def _write_own_report(path: Path) -> None:
     """Every run directory gets its report. A full disk is the usual one-line error; any other failure is a bug of the
     page's, not of the training: it is one warning, since failing here would restart a finished job into the same failure."""
@@ -74,6 +73,7 @@ def _write_own_report(path: Path) -> None:
               "tries again (please report this as a bug)", file=sys.stderr)
 
 
+@speaks_api
 def fit(model: nn.Module, train_set: Dataset, eval_set: Dataset | None = None, config: JobConfig | dict | str | Path | None = None,
         *, num_classes: int | None = None, loss_fn: LossFn | None = None, out: str | Path | None = None,
         overwrite: bool = False, overrides: list[str] = (), show_progress: bool = True, summary: bool = True,
