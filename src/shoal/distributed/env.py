@@ -67,3 +67,11 @@ def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish_together() -> None:
+    """Destroy the process group once every rank is done with it, for workers that measure and exit: a rank tearing
+    its gloo pairs down while a peer still uses them has aborted the peer ("terminate called without an active
+    exception", seen once in `shoal calibrate`)."""
+    dist.barrier()
+    dist.destroy_process_group()

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from shoal.distributed.env import finish_together
 from shoal.errors import ShoalError
 from shoal.monitor.flops import measured_peak_flops
 from shoal.plan.fixed_costs import PAIR, layout_steps, per_layer
@@ -53,7 +54,7 @@ def _collectives(rank: int, world: int, port: int, seconds: float, queue) -> Non
                      "reduce_scatter": median_time(lambda c=chunk, b=buf: dist.reduce_scatter_single(c, b), seconds)}
     if rank == 0:
         queue.put(out)
-    dist.destroy_process_group()
+    finish_together()
 
 
 def _in_processes(target, args: list[tuple], what: str, timeout_s: float, results: int = 0) -> list:

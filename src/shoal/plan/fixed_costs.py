@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
+from shoal.distributed.env import finish_together
 from shoal.plan.cost import Layout, predict
 from shoal.plan.hardware import Cluster, Network
 from shoal.plan.shapes import ModelShape
@@ -68,7 +69,7 @@ def layout_steps(rank: int, port: int, threads: int, seconds: float, queue) -> N
            "tp": median_time(_stepper(tensor.apply(_tiny_gpt(), mesh, ParallelConfig(tp=PAIR)), TINY["batch"]), seconds)}
     if rank == 0:
         queue.put(out)
-    dist.destroy_process_group()
+    finish_together()
 
 
 def per_layer(steps: dict, device) -> dict:
