@@ -152,9 +152,9 @@ def one_process(root: Path) -> subprocess.Popen:
 
 
 class Comings:
-    """The four cases, each on a network of its own, running at once in threads. In the whole suite, tests/conftest.py
-    starts them with the first test outside this directory and runs this module's checks last, so the ~3 minutes they
-    spend mostly asleep (paced steps, cables down) pass while the other tests run; run alone, the fixture starts them."""
+    """The four cases, each on a network of its own, running at once in threads. The conftest starts them before the
+    suite's first test and runs this module's checks last, so the ~3 minutes they spend mostly asleep (paced steps,
+    cables down) pass while the other tests run; run alone, the fixture starts them."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -200,8 +200,8 @@ EARLY = pytest.StashKey[Comings]()
 
 
 def start_early(config: pytest.Config) -> Callable[[], None]:
-    """Called by tests/conftest.py when this module's checks run after other tests; returns what stops the cases at the
-    session's end."""
+    """Called by the conftest once the suite is collected, when this module's tests are among others; returns what
+    stops them at the session's end."""
     if namespaces_available() is None:
         config.stash[EARLY] = Comings(Path(tempfile.mkdtemp(prefix="shoal-link-cuts-")))
 
