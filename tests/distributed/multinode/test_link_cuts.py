@@ -1,6 +1,5 @@
 """Machines that come and go, in an elastic job (--nnodes 1:2, --max-restarts 3) across two namespace "machines".
-Four networks run at once, so the module lasts as long as its longest case (and in the whole suite they run while the
-other tests do: see `Comings`):
+Four networks run at once, so the module lasts as long as its longest case:
 
 - the cable cut for 10 s, shorter than `dist.timeout_s = 30`: the job stalls and goes on, no restart (`stall:`);
 - cut for 45 s: the collectives time out, the workers restart (`worker rank ... restarting the workers`), the
@@ -17,13 +16,10 @@ Steps are paced with sleeps (SHOAL_TEST_PACE_S): wall time without CPU on a smal
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,7 +75,6 @@ class Case:
         self.codes: list[int | None] = []
         self.events: list[str] = []
         self.error: BaseException | None = None
-        self.ended = time.monotonic()
 
     def start(self, node: int) -> None:
         argv = node_command(self.net, node, self.job, self.out, "1:2", "--max-restarts", "3")
@@ -103,8 +98,7 @@ class Case:
                     self.codes.append(proc.wait(timeout=max(deadline - time.monotonic(), 0.1)))
                 except subprocess.TimeoutExpired:
                     self.codes.append(None)
-            self.ended = time.monotonic()
-            self.events.append(f"ended at {self.ended - self.began:.0f} s")
+            self.events.append(f"ended at {time.monotonic() - self.began:.0f} s")
         except BaseException as err:  # noqa: BLE001 - the fixture reports it with the logs
             self.error = err
 
@@ -151,80 +145,40 @@ def one_process(root: Path) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-class Comings:
-    """The four cases, each on a network of its own, running at once in threads. The conftest starts them before the
-    suite's first test and runs this module's checks last, so the ~3 minutes they spend mostly asleep (paced steps,
-    cables down) pass while the other tests run; run alone, the fixture starts them."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.nets: list[Network] = []
-        self.reference: subprocess.Popen | None = None
-        self.found: dict[str, Case] = {}
-        try:
-            self.began = time.monotonic()
-            for name, (down, steps) in sorted(SCENARIOS.items(), key=lambda kv: -kv[1][0]):  # the longest cut starts first
-                self.nets.append(Network(2))
-                self.found[name] = Cut(self.nets[-1], root, name, down, steps)
-            self.nets.append(Network(2))
-            self.found["join"] = Join(self.nets[-1], root)
-            self.reference = one_process(root)
-            deadline = time.monotonic() + 420
-            self.threads = [threading.Thread(target=c.run, args=(deadline,), daemon=True) for c in self.found.values()]
-            for t in self.threads:
-                t.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def wait(self) -> dict[str, Case]:
-        for t in self.threads:
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, Case]:
+    why_not = namespaces_available()
+    if why_not:
+        pytest.skip(why_not)
+    root = tmp_path_factory.mktemp("comings-and-goings")
+    nets: list[Network] = []
+    reference = None
+    try:
+        began = time.monotonic()
+        found: dict[str, Case] = {}
+        for name, (down, steps) in sorted(SCENARIOS.items(), key=lambda kv: -kv[1][0]):  # the longest cut starts first
+            nets.append(Network(2))
+            found[name] = Cut(nets[-1], root, name, down, steps)
+        nets.append(Network(2))
+        found["join"] = Join(nets[-1], root)
+        reference = one_process(root)
+        deadline = time.monotonic() + 420
+        threads = [threading.Thread(target=c.run, args=(deadline,)) for c in found.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
             t.join()
-        print(f"\nfour cases at once: {max(c.ended for c in self.found.values()) - self.began:.0f} s; "
-              + "; ".join(f"{c.name}: {', '.join(c.events)}" for c in self.found.values()))
-        assert self.reference.wait(timeout=60) == 0, (self.root / "one.log").read_text()[-2000:]
-        for c in self.found.values():
+        print(f"\nfour cases at once: {time.monotonic() - began:.0f} s; " + "; ".join(f"{c.name}: {', '.join(c.events)}" for c in found.values()))
+        assert reference.wait(timeout=60) == 0, (root / "one.log").read_text()[-2000:]
+        for c in found.values():
             if c.error is not None:
                 raise AssertionError(c.explain()) from c.error
-        return self.found
-
-    def close(self) -> None:
-        """Kill what is still running and delete the namespaces; safe to call twice."""
-        if self.reference is not None and self.reference.poll() is None:
-            self.reference.kill()
-        while self.nets:
-            self.nets.pop().close()
-
-
-EARLY = pytest.StashKey[Comings]()
-
-
-def start_early(config: pytest.Config) -> Callable[[], None]:
-    """Called by the conftest once the suite is collected, when this module's tests are among others; returns what
-    stops them at the session's end."""
-    if namespaces_available() is None:
-        config.stash[EARLY] = Comings(Path(tempfile.mkdtemp(prefix="shoal-link-cuts-")))
-
-    def stop() -> None:
-        comings = config.stash.get(EARLY, None)
-        if comings is not None:
-            comings.close()
-            shutil.rmtree(comings.root, ignore_errors=True)
-    return stop
-
-
-@pytest.fixture(scope="module")
-def cases(request, tmp_path_factory) -> dict[str, Case]:
-    comings = request.config.stash.get(EARLY, None)
-    if comings is None:
-        why_not = namespaces_available()
-        if why_not:
-            pytest.skip(why_not)
-        comings = Comings(tmp_path_factory.mktemp("comings-and-goings"))
-    try:
-        yield comings.wait()
+        yield found
     finally:
-        comings.close()
+        if reference is not None and reference.poll() is None:
+            reference.kill()
+        for net in nets:
+            net.close()
 
 
 def test_a_10_s_cut_stalls_the_job_and_it_goes_on(cases):
