@@ -30,8 +30,7 @@ bench: setup
 	.venv/bin/python benchmarks/bench_serve.py
 	.venv/bin/python benchmarks/bench_node_restart.py
 	.venv/bin/python benchmarks/bench_compression_link.py
-	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,int8,powersgd,auto --steps 160 --eval-every 40 --target 0.35
-	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,fp16,powersgd4,powersgd8w20,powersgd16w20,powersgd32w20 --steps 160 --target 0.35
+	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,fp16,int8,powersgd,auto,powersgd8w20,powersgd16w20,powersgd32w20 --steps 160 --target 0.35
 	.venv/bin/python benchmarks/bench_plan_scale.py
 	.venv/bin/python benchmarks/bench_plan_here.py
 

@@ -41,6 +41,14 @@ def _job(root):
     return job
 
 
+def _fit_here(job, out):
+    """The job through shoal.fit in this process: quicker than `shoal train`."""
+    cfg = load_job(job)
+    splits = load_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
+    return shoal.fit(model, splits.train, splits.eval, cfg, out=out, summary=False, show_progress=False)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One 2-process run whose rank 1 burns 30 ms more CPU per step (a straggler), and one 1-process run."""
@@ -48,10 +56,7 @@ def runs(tmp_path_factory):
     job = _job(root)
     slow, single = root / "slow", root / "single"
     shoal_train(job, slow, "--nproc", "2", env={"SHOAL_TEST_SLOW_RANK": "1", "SHOAL_TEST_SLOW_S": "0.03"})
-    cfg = load_job(job)
-    splits = load_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
-    shoal.fit(model, splits.train, splits.eval, cfg, out=single, summary=False, show_progress=False)  # in this process: quicker
+    _fit_here(job, single)
     return slow, single
 
 
@@ -98,10 +103,7 @@ def test_a_page_that_fails_to_render_is_a_warning_not_a_failed_job(tmp_path, mon
     def broken(runs):
         raise IndexError("list index out of range")
     monkeypatch.setattr(shoal.report, "render", broken)
-    cfg = load_job(_job(tmp_path))
-    splits = load_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed)
-    result = shoal.fit(model, splits.train, splits.eval, cfg, out=tmp_path / "run", summary=False, show_progress=False)
+    result = _fit_here(_job(tmp_path), tmp_path / "run")
     assert result.steps == 30 and (tmp_path / "run" / "model.pt").is_file() and not (tmp_path / "run" / "report.html").exists()
     err = capsys.readouterr().err
     assert "report.html was not written (IndexError: list index out of range)" in err and "`shoal report" in err

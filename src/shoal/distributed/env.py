@@ -74,4 +74,4 @@ def finish_together() -> None:
     its gloo pairs down while a peer still uses them has aborted the peer ("terminate called without an active
     exception", seen once in `shoal calibrate`)."""
     dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
