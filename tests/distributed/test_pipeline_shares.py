@@ -37,7 +37,7 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
-    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0,3:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"},
+    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0,3:2.0", "SHOAL_TEST_SAMPLE_S": "0.001"},
                                str(tmp_path_factory.mktemp("four")), list(CASES.items()), nproc=4)
 
 

@@ -23,7 +23,7 @@ def single(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
     """Rank 1 is a simulated device of half the speed (the test throttle), so measured shares have somewhere to go."""
-    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0", "SHOAL_TEST_SAMPLE_S": "0.0003"},
+    return sw.launch_throttled({"SHOAL_TEST_SLOW_FACTOR": "1:2.0", "SHOAL_TEST_SAMPLE_S": "0.001"},
                                str(tmp_path_factory.mktemp("two")), list(sw.CASES.items()), nproc=2)
 
 
