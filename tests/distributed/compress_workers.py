@@ -64,7 +64,33 @@ def means() -> dict[str, float]:
             if method == "randk":
                 out["randk_entries"] = int((got != 0).sum())
         out[method] = worst
+    out["powersgd"], out["powersgd_buckets"] = powersgd_in_buckets(rank, world)
     return out
+
+
+def powersgd_in_buckets(rank: int, world: int) -> tuple[float, int]:
+    """PowerSGD (rank 2) with every matrix in a bucket of its own: each rank's gradients differ but share a row space
+    of 2 dimensions (a layer whose inputs span 2), so their mean has rank 2 and, after the warm-up, comes back exact
+    to fp32 rounding (as on one process, tests/unit/test_compression.py). Several buckets are in flight during one
+    backward, each issuing a further all-reduce from a callback: issued out of order they would pair wrong tensors."""
+    shapes = [(40, 30), (30, 20), (50, 10), (24, 16)]
+    model = Given(*shapes)
+    compressor = COMPRESSORS.get("powersgd")(CommConfig(compression="powersgd", powersgd_rank=2, powersgd_warmup=2), None)
+    compressor.attach(model)
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.001)  # 1 KB: every matrix a bucket of its own (after DDP's rebuild)
+    install(ddp, compressor)
+    rows = [torch.randn(m, 2, generator=torch.Generator().manual_seed(m)) for _, m in shapes]  # the same on every rank
+    worst = 0.0
+    for step in range(12):
+        each = [[torch.randn(n, 2, generator=torch.Generator().manual_seed(1000 * step + 100 * r + n)) @ v.T
+                 for (n, _), v in zip(shapes, rows)] for r in range(world)]
+        model.zero_grad()
+        ddp(each[rank]).backward()
+        if step >= 2:  # after the fp16 warm-up
+            for i, p in enumerate(model.ps):
+                mean = sum(e[i] for e in each) / world
+                worst = max(worst, ((p.grad - mean).norm() / mean.norm()).item())
+    return worst, len(compressor.state.p_memory_dict)
 
 
 def sent(method: str, compressor, g: torch.Tensor, got: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ def test_every_method_hands_back_the_mean_over_ranks(trained):
     assert gaps["topk"] == 0.0 and gaps["randk"] == 0.0, gaps
     assert gaps["randk_entries"] == 60 + 2 + 1, gaps  # one shared index set: k per tensor, not one set per rank
     assert gaps["int8"] < 0.02 and gaps["qsgd"] < 0.2, gaps  # half a scale step (max|g| / 254), a level (chunk norm / 127)
+    assert gaps["powersgd_buckets"] == 4 and gaps["powersgd"] < 1e-5, gaps  # exact on rank 2 (relative), 4 buckets in flight
 
 
 @pytest.mark.parametrize("method", list(WITHIN))

@@ -16,7 +16,8 @@ from runs import killed_run_matches_uninterrupted, records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
-POWERSGD = restart_job("powersgd", "powersgd_rank = 1\npowersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on")
+POWERSGD = restart_job("powersgd", "powersgd_rank = 1\npowersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on\n"
+                                   "bucket_mb = 0.001       # every matrix a bucket of its own: their state moves per bucket, in flight together")
 
 TOY_SYNC = textwrap.dedent('''
     """A toy strategy: no gradient all-reduce at all; after every step each rank's parameters are averaged."""

@@ -21,8 +21,9 @@ class Compressor:
 
     uses_hook = True  # False: DDP's own all-reduce is left alone (nothing to encode)
     # True when `reduce` issues further collectives from a future's callback (torch's PowerSGD does): with several
-    # buckets in flight, ranks could then issue them in different orders (gloo: "Received data size doesn't match").
-    one_bucket = False
+    # buckets in flight, ranks could then issue them in different orders (gloo: "Received data size doesn't match"),
+    # so the hook starts each bucket once the one before it is done (ddp_hook.py, `InOrder`).
+    in_order = False
 
     def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
         self.cfg, self.group, self.seed = cfg, group, seed  # seed: the job's, so random draws follow `seed =`

@@ -57,7 +57,7 @@ SIZES = {"error_dict": lambda s: s.numel, "p_memory_dict": lambda s: s.n * s.ran
 
 @COMPRESSORS.register("powersgd")
 class PowerSGD(Compressor):
-    one_bucket = True  # torch's hook all-reduces Q from the callback of P's all-reduce
+    in_order = True  # torch's hook all-reduces Q from the callback of P's all-reduce
     def __init__(self, cfg: CommConfig, group: dist.ProcessGroup | None = None, seed: int = 0):
         super().__init__(cfg, group, seed)
         self.state = powerSGD_hook.PowerSGDState(

@@ -17,8 +17,6 @@ def apply(model: nn.Module, env: DistEnv, compressor: Compressor, bucket_mb: flo
         return model
     compressor.attach(model)
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    if compressor.one_bucket:  # every collective issued in the same order on every rank
-        bucket_mb = max(bucket_mb, sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20 + 1)
     sizes = {"bucket_cap_mb": bucket_mb} if bucket_mb > 0 else {}  # 0: DDP's own sizes (a small first bucket starts early)
     ddp = DistributedDataParallel(model, device_ids=device_ids, process_group=compressor.group, **sizes)
     install(ddp, compressor)
