@@ -11,7 +11,7 @@ demo: setup
 # Lint (ruff, configured in pyproject.toml), then every test.
 test: setup
 	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 # Every benchmark of BENCHMARKS.md (about 1.5 hours on 2 cores); bench_node_restart.py and bench_compression_link.py need root.
 bench: setup

@@ -131,7 +131,7 @@ def test_a_sigkilled_worker_restarts_bit_identical(ps, dirs):
 
 
 @pytest.mark.slow
-def test_an_ssp_run_resumes_from_its_checkpoint_after_a_sigkill(dirs):
+def test_an_ssp_run_resumes_from_its_checkpoint_after_a_sigkill(ps, dirs):  # ps: writes restart_ref
     """The same kill under ssp: the restart continues from the agreed step 4 with the servers' clocks and the workers'
     counters, trains to the end within the bound (arrival order differs between runs, so no bit-identity here)."""
     job = dirs / "restart_ssp.toml"
