@@ -8,8 +8,9 @@ accuracy. Needs root (namespaces; the root namespace is never touched). Usage:
     python benchmarks/bench_compression_link.py [--methods none,fp16,...] [--steps N] [--rate 100mbit]
 
 `--methods` also takes PowerSGD with its rank, warm-up and DDP bucket size in the name (powersgd16w20: rank 16,
-20 warm-up steps; powersgd16w20b0.25: the same in 0.25 MB buckets, whose all-reduces overlap backward) and the averaging variants of bench_averaging.py (local8, local32, diloco32, ...):
-data parallel, local SGD and DiLoCo over the same slow link.
+20 warm-up steps; powersgd16w20b0.25: the same in 0.25 MB buckets, whose all-reduces overlap backward) and the
+averaging variants of bench_averaging.py (local8, local32, diloco32, ...): data parallel, local SGD and DiLoCo over
+the same slow link.
 """
 
 from __future__ import annotations
