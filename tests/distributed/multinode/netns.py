@@ -63,6 +63,15 @@ class Network:
             ip("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
 
+    def retransmit_quickly(self, rto_max_ms: int = 1000, retries: int = 255) -> None:
+        """Cap TCP's retransmission back-off in every node (per-namespace sysctls): after a cut of two minutes the
+        kernel's next retry, and so the news that a peer is gone, would otherwise come up to two minutes after the
+        cable is back. The most retries the kernel allows (255, about 4 minutes at that cap) keep a connection
+        from giving up before the job's own timeouts do."""
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_rto_max_ms={rto_max_ms}",
+                            f"net.ipv4.tcp_retries2={retries}"], check=True, capture_output=True, timeout=10)
+
     def link(self, node: int, up: bool) -> None:
         """Cut (or restore) a node's cable."""
         ip("-n", self.names[node], "link", "set", "eth0", "up" if up else "down")
