@@ -8,7 +8,8 @@ accuracy. Needs root (namespaces; the root namespace is never touched). Usage:
     python benchmarks/bench_compression_link.py [--methods none,fp16,...] [--steps N] [--rate 100mbit]
 
 `--methods` also takes PowerSGD with its rank, warm-up and DDP bucket size in the name (powersgd16w20: rank 16,
-20 warm-up steps; powersgd16w20b0.25: the same in 0.25 MB buckets, whose all-reduces overlap backward) and the
+20 warm-up steps; powersgd16w20b0.25: the same in 0.25 MB buckets, whose all-reduces overlap backward; powersgd16w10h:
+factors in fp16, powersgd16w10bf: in bf16) and the
 averaging variants of bench_averaging.py (local8, local32, diloco32, ...): data parallel, local SGD and DiLoCo over
 the same slow link.
 """
@@ -76,7 +77,8 @@ def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> li
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-POWERSGD_TUNED = re.compile(r"powersgd(\d+)(?:w(\d+))?(?:b([\d.]+))?")  # powersgd16w20b0.25: rank 16, 20 warm-up steps, 0.25 MB buckets
+# powersgd16w20b0.25: rank 16, 20 warm-up steps, 0.25 MB buckets; powersgd16w10h: factors in fp16 (bf16: "bf")
+POWERSGD_TUNED = re.compile(r"powersgd(\d+)(?:w(\d+))?(?:b([\d.]+))?(h|bf)?")
 
 
 def variant_sets(name: str) -> list[str]:
@@ -84,9 +86,10 @@ def variant_sets(name: str) -> list[str]:
     or an averaging variant of bench_averaging.py (local32, ...)."""
     tuned = POWERSGD_TUNED.fullmatch(name)
     if tuned:
-        rank, warmup, bucket_mb = tuned.groups()
+        rank, warmup, bucket_mb, factors = tuned.groups()
         return ["comm.compression='powersgd'", f"comm.powersgd_rank={rank}", *([f"comm.powersgd_warmup={warmup}"] if warmup else []),
-                *([f"comm.bucket_mb={bucket_mb}"] if bucket_mb else [])]
+                *([f"comm.bucket_mb={bucket_mb}"] if bucket_mb else []),
+                *([f"comm.powersgd_factors='{ {'h': 'fp16', 'bf': 'bf16'}[factors]}'"] if factors else [])]
     return VARIANTS[name] if name in VARIANTS and name != "dp" else [f"comm.hook='{name}'"]
 
 

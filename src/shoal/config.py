@@ -142,6 +142,9 @@ class CommConfig(Section):
     error_feedback: bool = Field(True, description="topk, randk: add what a step did not send to the next step's gradient")
     powersgd_rank: int = Field(4, ge=1, description="rank of the PowerSGD low-rank approximation")
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
+    powersgd_factors: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="what PowerSGD's P and Q (and the vectors it sends whole) travel as: fp32 is torch's hook; fp16 or bf16 "
+                            "halve its bytes and send the vectors with P (two collectives a bucket, not three); the factors are kept in fp32")
     bucket_mb: float = Field(0.0, ge=0.0, le=1e6, description="DDP gradient bucket size in MB (0: DDP's 1 MB first bucket, then "
                              "25 MB); a bucket is reduced while backward goes on, so one above the model's size turns that overlap off")
 

@@ -26,6 +26,7 @@ METHODS = {
 }
 DATA = {"limit_train": 0, "limit_eval": 0}
 CASES = {name: {**dp_workers.LONGER, "data": DATA, "comm": {"compression": name, **keys}} for name, keys in METHODS.items()}
+CASES["powersgd_fp16"] = {**dp_workers.LONGER, "data": DATA, "comm": {"compression": "powersgd", **METHODS["powersgd"], "powersgd_factors": "fp16"}}
 CASES |= {f"fsdp_{name}": {**dp_workers.LONGER, "data": DATA, "parallel": {"fsdp": 2}, "comm": {"compression": name}}
           for name in ("none", "fp16", "bf16")}
 
@@ -64,18 +65,21 @@ def means() -> dict[str, float]:
             if method == "randk":
                 out["randk_entries"] = int((got != 0).sum())
         out[method] = worst
-    out["powersgd"], out["powersgd_buckets"] = powersgd_in_buckets(rank, world)
+    for factors in ("fp32", "fp16"):
+        out[f"powersgd_{factors}"], out[f"powersgd_{factors}_buckets"] = powersgd_in_buckets(rank, world, factors)
     return out
 
 
-def powersgd_in_buckets(rank: int, world: int) -> tuple[float, int]:
+def powersgd_in_buckets(rank: int, world: int, factors: str) -> tuple[float, int]:
     """PowerSGD (rank 2) with every matrix in a bucket of its own: each rank's gradients differ but share a row space
     of 2 dimensions (a layer whose inputs span 2), so their mean has rank 2 and, after the warm-up, comes back exact
     to fp32 rounding (as on one process, tests/unit/test_compression.py). Several buckets are in flight during one
-    backward, each issuing a further all-reduce from a callback: issued out of order they would pair wrong tensors."""
+    backward, each issuing a further all-reduce from a callback: issued out of order they would pair wrong tensors.
+    With fp16 factors the mean comes back to fp16 rounding of the sums of P and Q."""
     shapes = [(40, 30), (30, 20), (50, 10), (24, 16)]
     model = Given(*shapes)
-    compressor = COMPRESSORS.get("powersgd")(CommConfig(compression="powersgd", powersgd_rank=2, powersgd_warmup=2), None)
+    comm = CommConfig(compression="powersgd", powersgd_rank=2, powersgd_warmup=2, powersgd_factors=factors)
+    compressor = COMPRESSORS.get("powersgd")(comm, None)
     compressor.attach(model)
     ddp = DistributedDataParallel(model, bucket_cap_mb=0.001)  # 1 KB: every matrix a bucket of its own (after DDP's rebuild)
     install(ddp, compressor)

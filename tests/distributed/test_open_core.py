@@ -16,8 +16,10 @@ from runs import killed_run_matches_uninterrupted, records, shoal_train, weights
 
 pytestmark = pytest.mark.dist
 
-POWERSGD = restart_job("powersgd", "powersgd_rank = 1\npowersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on\n"
-                                   "bucket_mb = 0.001       # every matrix a bucket of its own: their state moves per bucket, in flight together")
+def powersgd_job(factors: str) -> str:
+    return restart_job("powersgd", "powersgd_rank = 1\npowersgd_warmup = 2      # compressing (and accumulating error feedback) from step 2 on\n"
+                                   "bucket_mb = 0.001       # every matrix a bucket of its own: their state moves per bucket, in flight together\n"
+                                   f'powersgd_factors = "{factors}"')
 
 TOY_SYNC = textwrap.dedent('''
     """A toy strategy: no gradient all-reduce at all; after every step each rank's parameters are averaged."""
@@ -49,8 +51,10 @@ TOY_SYNC = textwrap.dedent('''
 ''')
 
 
-def test_powersgd_state_survives_a_sigkill_restart_bit_identically(tmp_path):
-    ref = killed_run_matches_uninterrupted(POWERSGD, tmp_path)
+@pytest.mark.parametrize("factors", ["fp32", "fp16"])
+def test_powersgd_state_survives_a_sigkill_restart_bit_identically(tmp_path, factors):
+    """torch's hook (fp32 factors) and Shoal's (fp16 factors) keep the same state, checkpointed the same way."""
+    ref = killed_run_matches_uninterrupted(powersgd_job(factors), tmp_path)
     wire = [r["comm_bytes"] for r in records(ref, "train")]
     assert wire[0] > wire[-1] > 0, wire  # compression on the wire after warm-up, counted per step
 

@@ -28,6 +28,11 @@ def test_predictions_follow_the_bytes_each_method_sends():
     assert p["none"] == pytest.approx(0.010 + 0.001 + 0.040)
     assert p["fp16"] == pytest.approx(0.010 + 0.001 + 0.020 + 2e-5)  # half the bytes, two passes
     assert p["randk"] == pytest.approx(0.010 + 0.001 + 0.01 * 0.040 + 3e-5)  # 1% of the entries, values only
+    # PowerSGD at rank 4: P and Q of the two matrices ((256 + 256) x 4 and (10 + 256) x 4), the biases whole
+    sent = ((256 + 256) * 4 + (10 + 256) * 4 + 256 + 10) / (GRAD_BYTES / 4)
+    assert p["powersgd"] == pytest.approx(0.010 + 3 * 0.001 + sent * 0.040 + 6e-5)  # three collectives in turn
+    cast = auto.predict(f, MODEL, CommConfig(powersgd_factors="fp16"))["powersgd"]
+    assert cast == pytest.approx(0.010 + 2 * 0.001 + sent * 0.040 / 2 + 6e-5)  # half the bytes, the vectors ride with P
 
 
 def test_a_fast_link_keeps_none_and_a_latency_bound_one_too():
@@ -70,13 +75,16 @@ def test_a_restart_keeps_the_choice_its_checkpoint_recorded():
     assert strategy.checkpoint_meta() == {"compression": "fp16"}  # and the next checkpoint records it again
 
 
-def test_powersgd_gets_one_ddp_bucket_so_ranks_issue_its_collectives_in_one_order():
+def test_powersgd_keeps_ddps_buckets_so_its_traffic_overlaps_backward():
+    """Since its buckets go one after another (ddp_hook.py), PowerSGD no longer needs one bucket for the whole model:
+    it keeps DDP's sizes or comm.bucket_mb, as every other method does."""
     from shoal.compress import COMPRESSORS
     from shoal.parallel import ddp
 
     env = init_distributed()
-    big = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 1024))  # 8 MB: several default buckets
-    wrapped = ddp.apply(big, env, COMPRESSORS.get("powersgd")(CommConfig(compression="powersgd")))
-    assert wrapped.bucket_bytes_cap >= sum(p.numel() * 4 for p in big.parameters())
+    big = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 1024))  # 8 MB: several buckets of 1 MB
+    powersgd = COMPRESSORS.get("powersgd")(CommConfig(compression="powersgd"))
+    assert powersgd.in_order
+    assert ddp.apply(big, env, powersgd, bucket_mb=1).bucket_bytes_cap == 2**20
     plain = ddp.apply(torch.nn.Sequential(torch.nn.Linear(8, 8)), env, COMPRESSORS.get("fp16")(CommConfig(compression="fp16")))
-    assert plain.bucket_bytes_cap == 25 * 2**20  # the others keep DDP's sizes
+    assert plain.bucket_bytes_cap == 25 * 2**20  # DDP's own size when comm.bucket_mb is 0

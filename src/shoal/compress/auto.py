@@ -100,7 +100,8 @@ def predict(found: dict[str, float], model: nn.Module, cfg: CommConfig) -> dict[
         "none": (1.0, ar_rate, 1, 0),
         "fp16": (0.5, ar_rate, 1, 2),
         "int8": (0.25, ag_rate, 1, 4),
-        "powersgd": (_powersgd_fraction(model, cfg.powersgd_rank), ar_rate, 3, 6),
+        "powersgd": (_powersgd_fraction(model, cfg.powersgd_rank) * (1 if cfg.powersgd_factors == "fp32" else 0.5), ar_rate,
+                     3 if cfg.powersgd_factors == "fp32" else 2, 6),  # cast factors: half the bytes, the vectors ride with P
         "qsgd": (qsgd_bytes, ag_rate, 1, 10),
         "randk": (cfg.topk_ratio, ar_rate, 1, 3),
         "topk": (2 * cfg.topk_ratio, ag_rate, 1, 3 + math.log2(max(g / 4, 2))),  # selecting the largest costs ~log passes

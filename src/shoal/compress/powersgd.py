@@ -1,5 +1,6 @@
 """PowerSGD (Vogels et al., 2019) as torch implements it, with its state checkpointed; its warm-up steps
-(`comm.powersgd_warmup`, plain all-reduce in torch) travel as fp16.
+(`comm.powersgd_warmup`, plain all-reduce in torch) travel as fp16, and with `comm.powersgd_factors = "fp16"`
+or "bf16" so do its factors (powersgd_factors.py).
 
 Its error feedback, warm-start matrices, random generator and iteration count decide every
 later step, so they go into checkpoints: a restarted run continues bit-identical. torch keys
@@ -19,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
+from shoal.compress import powersgd_factors
 from shoal.compress.base import COMPRESSORS, Compressor
 from shoal.compress.cast import Float16
 from shoal.config import CommConfig
@@ -69,6 +71,7 @@ class PowerSGD(Compressor):
         # warm-up steps travel as fp16, as comm.compression = "fp16" sends them: half the bytes of torch's fp32 warm-up
         # (over a 100 Mbit/s link, ten MNIST warm-up steps cost 0.6 s of a 5.7 s run in fp32), and fp16 trains as fp32 does
         self.warm_up = Float16(cfg, group, seed)
+        self.wire = powersgd_factors.WIRE_DTYPES.get(cfg.powersgd_factors)  # None: fp32 through torch's own hook
         self.keys: dict[int, int] = {}  # a parameter's storage address -> its index in the model
         self.layouts: dict[int, list[Slot]] = {}  # bucket index -> its slots, as last seen
         self.pending: dict[str, dict[int, torch.Tensor]] = {}  # restored per-parameter state not yet laid out
@@ -88,6 +91,8 @@ class PowerSGD(Compressor):
         if self.state.iter < self.state.start_powerSGD_iter:  # warm-up: the whole gradient, cast to fp16
             self.state.maybe_increase_iter(bucket)  # (what torch's hook does in its warm-up, all-reducing fp32)
             return self.warm_up.reduce(bucket)
+        if self.wire is not None:
+            return powersgd_factors.reduce(self.state, bucket, self.wire)
         return powerSGD_hook.powerSGD_hook(self.state, bucket)
 
     def _slots(self, bucket: dist.GradBucket) -> list[Slot]:
@@ -106,7 +111,8 @@ class PowerSGD(Compressor):
         raw = bucket.buffer().numel() * size
         if self.state.iter < self.state.start_powerSGD_iter:
             return raw, raw // 2  # fp16 (`warm_up`)
-        return raw, size * sum((s.n + s.m) * s.rank if s.compressed else s.numel for s in slots)
+        width = self.wire.itemsize if self.wire is not None else size
+        return raw, width * sum((s.n + s.m) * s.rank if s.compressed else s.numel for s in slots)
 
     def _per_param(self, layouts: dict[int, list[Slot]], pending: dict) -> dict[str, dict[int, torch.Tensor]]:
         """Take these buckets' state out of torch's per-bucket dicts, per parameter (added to `pending`)."""

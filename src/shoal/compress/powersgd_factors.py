@@ -1,0 +1,103 @@
+"""PowerSGD whose factors travel in fp16 or bf16 (`comm.powersgd_factors`): half the bytes of torch's hook.
+
+The algorithm is torch's (Vogels et al., 2019: error feedback, warm-started Q, one power iteration a
+step) on the same `PowerSGDState` and the same per-bucket layout of P and Q, so checkpoints and the
+restart code in powersgd.py do not change. Two things differ:
+- what goes on the wire is cast: P, Q and the vectors sent whole. P and Q are kept, orthogonalized and
+  multiplied in fp32; only the sums are rounded (P is orthogonalized after its sum, so its rounding
+  becomes a slightly different basis; Q's is the approximation's own rounding, ~1e-3 relative in fp16);
+- the vectors sent whole ride in P's all-reduce, so a bucket costs two collectives in turn, not three
+  (each one's latency adds up in the chain of buckets).
+Everything that is summed is divided by the world size first where its scale matters (the vectors, Q),
+so fp16's range holds the sum as it holds one rank's values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, _orthogonalize, _should_compress
+
+WIRE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _split(bucket: dist.GradBucket, state: PowerSGDState) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(matrices to compress, in torch's P/Q order: by shape as first seen, then bucket order; tensors sent whole)."""
+    by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
+    whole = []
+    for grad in bucket.gradients():
+        matrix = grad.view(grad.shape[0] if grad.dim() else 1, -1)
+        n, m = matrix.shape
+        if _should_compress(n, m, min(n, m, state.matrix_approximation_rank), state.min_compression_rate)[0]:
+            by_shape.setdefault((n, m), []).append(matrix)
+        else:
+            whole.append(grad)
+    return [matrix for matrices in by_shape.values() for matrix in matrices], whole
+
+
+def _factors(matrices: list[torch.Tensor], memory: torch.Tensor, side: int, rank: int) -> list[torch.Tensor]:
+    """Views of one flat memory as each matrix's (1, rows or columns, rank) factor."""
+    views, offset = [], 0
+    for matrix in matrices:
+        length, r = matrix.shape[side], min(*matrix.shape, rank)
+        views.append(memory[offset: offset + length * r].view(1, length, r))
+        offset += length * r
+    return views
+
+
+def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype) -> torch.futures.Future[torch.Tensor]:
+    group = state.process_group if state.process_group is not None else dist.group.WORLD
+    world = dist.get_world_size(group)
+    flat, index = bucket.buffer(), bucket.index()
+    if state.use_error_feedback:
+        if index in state.error_dict:
+            flat.add_(state.error_dict[index])
+        else:
+            state.error_dict[index] = torch.zeros_like(flat)
+        before = flat.clone()
+    matrices, whole = _split(bucket, state)
+    rank = state.matrix_approximation_rank
+    fresh = not state.warm_start or index not in state.p_memory_dict
+    if fresh:
+        state.p_memory_dict[index] = flat.new_empty(sum(m.shape[0] * min(*m.shape, rank) for m in matrices))
+        state.q_memory_dict[index] = flat.new_empty(sum(m.shape[1] * min(*m.shape, rank) for m in matrices))
+    p_memory, q_memory = state.p_memory_dict[index], state.q_memory_dict[index]
+    ps, qs = _factors(matrices, p_memory, 0, rank), _factors(matrices, q_memory, 1, rank)
+    if fresh:  # the same random start on every rank: the seed comes from the state's generator, which every rank shares
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(state.rng.randint(1_000_000_000))
+            for q in qs:
+                q.copy_(torch.randn(q.shape, dtype=q.dtype))
+    for q in qs:
+        _orthogonalize(q, state.orthogonalization_epsilon)
+    for matrix, q, p in zip(matrices, qs, ps):
+        torch.matmul(matrix, q[0], out=p[0])
+    sent_whole = sum(t.numel() for t in whole)
+    first = torch.cat([t.reshape(-1) / world for t in whole] + [p_memory]).to(wire)
+
+    def second(fut: torch.futures.Future) -> torch.Tensor:
+        summed = fut.value()[0].float()
+        offset = 0
+        for t in whole:
+            t.copy_(summed[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+        p_memory.copy_(summed[sent_whole:])
+        for p in ps:
+            _orthogonalize(p, state.orthogonalization_epsilon)
+        for matrix, p, q in zip(matrices, ps, qs):
+            torch.matmul(matrix.T, p[0], out=q[0])
+        return dist.all_reduce((q_memory / world).to(wire), group=group, async_op=True).get_future().wait()[0]
+
+    def decompress(fut: torch.futures.Future) -> torch.Tensor:
+        q_memory.copy_(fut.value())
+        for p, q, matrix in zip(ps, qs, matrices):
+            torch.matmul(p[0], q[0].T, out=matrix)
+        if state.use_error_feedback:
+            state.error_dict[index] = before - flat
+        if not state.warm_start:
+            state.p_memory_dict.clear()
+            state.q_memory_dict.clear()
+        state.maybe_increase_iter(bucket)
+        return flat
+
+    return dist.all_reduce(first, group=group, async_op=True).get_future().then(second).then(decompress)
