@@ -97,10 +97,12 @@ def test_qsgd_is_unbiased_and_really_quantizes():
 FACTORS = {"fp32": (torch.float32, 1e-5), "fp16": (torch.float16, 2e-3), "bf16": (torch.bfloat16, 1e-2)}
 
 
+@pytest.mark.parametrize("size", [1.0, 1e-9], ids=["unit", "tiny"])  # tiny: under fp16's smallest number, unless scaled
 @pytest.mark.parametrize("factors", list(FACTORS))
-def test_powersgd_is_exact_on_gradients_of_its_rank(world_of_one, factors):
+def test_powersgd_is_exact_on_gradients_of_its_rank(world_of_one, factors, size):
     """A layer whose inputs span 2 dimensions has rank-2 gradients (rows in that span): rank-2 PowerSGD returns them
-    exactly, to the rounding of what travels (FACTORS); rank-3 gradients lose half their norm or more.
+    exactly, to the rounding of what travels (FACTORS), at any scale (16-bit factors travel scaled by a power of two);
+    rank-3 gradients lose half their norm or more.
     (With a new random row space every step, torch's one warm-started power iteration is not exact: its error
     feedback amplifies the rounding, about 10x a step; real gradients' subspaces drift slowly.)"""
     torch.manual_seed(3)
@@ -110,11 +112,13 @@ def test_powersgd_is_exact_on_gradients_of_its_rank(world_of_one, factors):
     for _ in range(2):  # warm-up: plain all-reduce
         step([torch.randn(40, 30), torch.randn(30)])
     for _ in range(20):
-        grads = [torch.randn(40, 2) @ inputs.T, torch.randn(30)]
+        grads = [size * torch.randn(40, 2) @ inputs.T, size * torch.randn(30)]
         out = step(grads)
         assert (out[0] - grads[0]).norm() / grads[0].norm() < within
         # the vector travels whole, in the factors' dtype: off by its rounding at most (error feedback carries it on)
         assert (out[1] - grads[1]).abs().max() <= 2 * torch.finfo(wire).eps * grads[1].abs().max()
+    jump = torch.randn(40, 2) @ inputs.T / size  # 1e9x the tiny ones: their scale would overflow fp16, so it is sent again
+    assert (step([jump, torch.randn(30)])[0] - jump).norm() / jump.norm() < within
     full = torch.randn(40, 3) @ torch.randn(3, 30)
     assert (step([full, torch.randn(30)])[0] - full).norm() / full.norm() > 0.1  # measured 0.51
     assert compressor.state.iter > compressor.state.start_powerSGD_iter  # it was compressing
