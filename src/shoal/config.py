@@ -144,7 +144,8 @@ class CommConfig(Section):
     powersgd_warmup: int = Field(10, ge=0, description="plain all-reduce steps before PowerSGD starts")
     powersgd_factors: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="what PowerSGD's P and Q (and the vectors it sends whole) travel as: fp32 is torch's hook; fp16 or bf16 "
-                            "halve its bytes and send the vectors with P (two collectives a bucket, not three); the factors are kept in fp32")
+                            "halve its bytes (scaled by a power of two, so tiny gradients keep their bits) and send the vectors with P (two collectives "
+                            "a bucket, not three); the factors are kept in fp32")
     bucket_mb: float = Field(0.0, ge=0.0, le=1e6, description="DDP gradient bucket size in MB (0: DDP's 1 MB first bucket, then "
                              "25 MB); a bucket is reduced while backward goes on, so one above the model's size turns that overlap off")
 
