@@ -79,6 +79,7 @@ def train(net: Network, job: Path, out: Path, sets: list[str], logs: Path) -> li
 
 # powersgd16w20b0.25: rank 16, 20 warm-up steps, 0.25 MB buckets; powersgd16w10h: factors in fp16 (bf16: "bf")
 POWERSGD_TUNED = re.compile(r"powersgd(\d+)(?:w(\d+))?(?:b([\d.]+))?(h|bf)?")
+FACTORS = {"h": "fp16", "bf": "bf16"}  # the name's suffix -> comm.powersgd_factors
 
 
 def variant_sets(name: str) -> list[str]:
@@ -89,7 +90,7 @@ def variant_sets(name: str) -> list[str]:
         rank, warmup, bucket_mb, factors = tuned.groups()
         return ["comm.compression='powersgd'", f"comm.powersgd_rank={rank}", *([f"comm.powersgd_warmup={warmup}"] if warmup else []),
                 *([f"comm.bucket_mb={bucket_mb}"] if bucket_mb else []),
-                *([f"comm.powersgd_factors='{ {'h': 'fp16', 'bf': 'bf16'}[factors]}'"] if factors else [])]
+                *([f"comm.powersgd_factors='{FACTORS[factors]}'"] if factors else [])]
     return VARIANTS[name] if name in VARIANTS and name != "dp" else [f"comm.hook='{name}'"]
 
 

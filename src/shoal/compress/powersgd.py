@@ -40,10 +40,15 @@ class Slot:
     compressed: bool
 
 
-def _pq_order(slots: list[Slot]) -> list[Slot]:
-    """torch lays P and Q out by matrix shape (first appearance), then in bucket order within a shape."""
+def _pq_positions(slots: list[Slot]) -> list[int]:
+    """Where in the bucket each matrix of torch's P and Q layout is: by matrix shape (first appearance), then in
+    bucket order within a shape."""
     shapes = list(dict.fromkeys((s.n, s.m) for s in slots if s.compressed))
-    return [s for shape in shapes for s in slots if s.compressed and (s.n, s.m) == shape]
+    return [i for shape in shapes for i, s in enumerate(slots) if s.compressed and (s.n, s.m) == shape]
+
+
+def _pq_order(slots: list[Slot]) -> list[Slot]:
+    return [slots[i] for i in _pq_positions(slots)]
 
 
 def _split(flat: torch.Tensor, slots: list[Slot], size) -> dict[int, torch.Tensor]:
@@ -91,8 +96,11 @@ class PowerSGD(Compressor):
         if self.state.iter < self.state.start_powerSGD_iter:  # warm-up: the whole gradient, cast to fp16
             self.state.maybe_increase_iter(bucket)  # (what torch's hook does in its warm-up, all-reducing fp32)
             return self.warm_up.reduce(bucket)
-        if self.wire is not None:
-            return powersgd_factors.reduce(self.state, bucket, self.wire)
+        if self.wire is not None:  # the matrices in the layout of P and Q the state keeps, the rest sent whole
+            grads = bucket.gradients()
+            matrices = [grads[i].view(slots[i].n, slots[i].m) for i in _pq_positions(slots)]
+            whole = [grad for slot, grad in zip(slots, grads) if not slot.compressed]
+            return powersgd_factors.reduce(self.state, bucket, self.wire, matrices, whole)
         return powerSGD_hook.powerSGD_hook(self.state, bucket)
 
     def _slots(self, bucket: dist.GradBucket) -> list[Slot]:

@@ -23,24 +23,10 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, _orthogonalize, _should_compress
+from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, _orthogonalize
 
 WIRE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SCALE_EXPONENT = 4  # factors travel scaled so that the largest is near 2**4
-
-
-def _split(bucket: dist.GradBucket, state: PowerSGDState) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(matrices to compress, in torch's P/Q order: by shape as first seen, then bucket order; tensors sent whole)."""
-    by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
-    whole = []
-    for grad in bucket.gradients():
-        matrix = grad.view(grad.shape[0] if grad.dim() else 1, -1)
-        n, m = matrix.shape
-        if _should_compress(n, m, min(n, m, state.matrix_approximation_rank), state.min_compression_rate)[0]:
-            by_shape.setdefault((n, m), []).append(matrix)
-        else:
-            whole.append(grad)
-    return [matrix for matrices in by_shape.values() for matrix in matrices], whole
 
 
 def _factors(matrices: list[torch.Tensor], memory: torch.Tensor, side: int, rank: int) -> list[torch.Tensor]:
@@ -87,7 +73,10 @@ def _power_of_two(largest: float) -> float:
     return 2.0 ** (SCALE_EXPONENT - math.ceil(math.log2(largest)))
 
 
-def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype) -> torch.futures.Future[torch.Tensor]:
+def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype, matrices: list[torch.Tensor],
+           whole: list[torch.Tensor]) -> torch.futures.Future[torch.Tensor]:
+    """`matrices`: the bucket's gradients worth compressing, as (rows, columns) views in the order of P and Q;
+    `whole`: the rest (powersgd.py decides both, by torch's rule)."""
     group = state.process_group if state.process_group is not None else dist.group.WORLD
     world = dist.get_world_size(group)
     flat, index = bucket.buffer(), bucket.index()
@@ -97,7 +86,6 @@ def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype) -> 
         else:
             state.error_dict[index] = torch.zeros_like(flat)
         before = flat.clone()
-    matrices, whole = _split(bucket, state)
     rank = state.matrix_approximation_rank
     fresh = not state.warm_start or index not in state.p_memory_dict
     if fresh:
@@ -128,7 +116,8 @@ def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype) -> 
             t.copy_(summed[offset: offset + t.numel()].view_as(t))
             offset += t.numel()
         p_memory.copy_(summed[offset:])
-        q_scale = _power_of_two(max((float(p.norm(dim=1).max()) for p in ps), default=0.0))  # Q's columns are about as long
+        longest = torch.stack([p.norm(dim=1).max() for p in ps]).max() if ps else 0.0  # Q's columns are about as long
+        q_scale = _power_of_two(float(longest))
         for p in ps:
             _orthogonalize(p, state.orthogonalization_epsilon)
         for matrix, p, q in zip(matrices, ps, qs):
