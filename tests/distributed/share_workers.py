@@ -54,14 +54,19 @@ def initial_params(name: str) -> dict[str, torch.Tensor]:
     return build_model(cfg.model, splits.spec.input_shape, splits.spec.num_classes, cfg.seed).state_dict()
 
 
-def run_cases(root: str, cases: list[tuple[str, dict]]) -> dict:
+def run_cases(root: str, cases: list[tuple[str, dict]], throttles: dict[str, str] | None = None) -> dict:
+    """`throttles` names the slowed ranks (SHOAL_TEST_SLOW_FACTOR) of a case where they differ from the launch's:
+    a replica is pp ranks apart under a pipeline but adjacent under tensor parallelism."""
     counted: list[int] = []
     count = balance.Balance.count
     balance.Balance.count = lambda self, batches: counted.append(count(self, batches)) or counted[-1]
     results = {}
+    launched = os.environ.get("SHOAL_TEST_SLOW_FACTOR")
     for name, overrides in cases:
         out = Path(root) / name
         counted.clear()
+        throttle = (throttles or {}).get(name, launched)
+        os.environ.pop("SHOAL_TEST_SLOW_FACTOR", None) if throttle is None else os.environ.__setitem__("SHOAL_TEST_SLOW_FACTOR", throttle)
         run_job(config(overrides), str(out), overwrite=True)
         results[name] = {"samples": list(counted)}
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
@@ -70,7 +75,8 @@ def run_cases(root: str, cases: list[tuple[str, dict]]) -> dict:
     return results
 
 
-def launch_throttled(throttle: dict[str, str], root: str, cases: list[tuple[str, dict]], nproc: int) -> dict:
+def launch_throttled(throttle: dict[str, str], root: str, cases: list[tuple[str, dict]], nproc: int,
+                     throttles: dict[str, str] | None = None) -> dict:
     """run_cases in `nproc` launched workers that inherit `throttle` (the simulated slow device), restored afterwards:
     the single-process references, run in the test process, never see it."""
     from shoal.launch.local import launch_local
@@ -78,7 +84,7 @@ def launch_throttled(throttle: dict[str, str], root: str, cases: list[tuple[str,
     saved = {k: os.environ.get(k) for k in throttle}
     os.environ.update(throttle)
     try:
-        return launch_local(run_cases, (root, cases), nproc=nproc)
+        return launch_local(run_cases, (root, cases, throttles), nproc=nproc)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
