@@ -118,7 +118,11 @@ def test_powersgd_is_exact_on_gradients_of_its_rank(world_of_one, factors, size)
         # the vector travels whole, in the factors' dtype: off by its rounding at most (error feedback carries it on)
         assert (out[1] - grads[1]).abs().max() <= 2 * torch.finfo(wire).eps * grads[1].abs().max()
     jump = torch.randn(40, 2) @ inputs.T / size  # 1e9x the tiny ones: their scale would overflow fp16, so it is sent again
+    compressor.stats()
     assert (step([jump, torch.randn(30)])[0] - jump).norm() / jump.norm() < within
+    width = wire.itemsize
+    resent = (30 + 40 * 2) * width + 4 if factors == "fp16" and size < 1 else 0  # P and the vector again, after their scale
+    assert compressor.stats()["comm_bytes"] == ((40 + 30) * 2 + 30) * width + resent  # every byte sent, the resend's too
     full = torch.randn(40, 3) @ torch.randn(3, 30)
     assert (step([full, torch.randn(30)])[0] - full).norm() / full.norm() > 0.1  # measured 0.51
     assert compressor.state.iter > compressor.state.start_powerSGD_iter  # it was compressing
@@ -150,8 +154,9 @@ HAND_COUNTS = [
     ("qsgd", {"qsgd_levels": 200}, 1237 * 2 + (3 + 1 + 1) * 4),  # levels above 127 take int16
     ("int8", {}, 1237 + 4),  # int8 entries + one fp32 scale per bucket
     ("powersgd", {"powersgd_rank": 2, "powersgd_warmup": 2}, (40 + 30) * 2 * 4 + (30 + 7) * 4),  # P, Q of the matrix; vectors whole
-    ("powersgd", {"powersgd_rank": 2, "powersgd_warmup": 2, "powersgd_factors": "fp16"}, ((40 + 30) * 2 + 30 + 7) * 2),  # all in fp16
-    ("powersgd", {"powersgd_rank": 2, "powersgd_warmup": 2, "powersgd_factors": "bf16"}, ((40 + 30) * 2 + 30 + 7) * 2),
+    # all in fp16, and on this first compressed step the largest P over the ranks (one fp32 number, the factors' scale)
+    ("powersgd", {"powersgd_rank": 2, "powersgd_warmup": 2, "powersgd_factors": "fp16"}, ((40 + 30) * 2 + 30 + 7) * 2 + 4),
+    ("powersgd", {"powersgd_rank": 2, "powersgd_warmup": 2, "powersgd_factors": "bf16"}, ((40 + 30) * 2 + 30 + 7) * 2 + 4),
 ]
 
 

@@ -100,7 +100,7 @@ class PowerSGD(Compressor):
             grads = bucket.gradients()
             matrices = [grads[i].view(slots[i].n, slots[i].m) for i in _pq_positions(slots)]
             whole = [grad for slot, grad in zip(slots, grads) if not slot.compressed]
-            return powersgd_factors.reduce(self.state, bucket, self.wire, matrices, whole)
+            return powersgd_factors.reduce(self.state, bucket, self.wire, matrices, whole, sent=lambda extra: self.count(0, extra))
         return powerSGD_hook.powerSGD_hook(self.state, bucket)
 
     def _slots(self, bucket: dist.GradBucket) -> list[Slot]:

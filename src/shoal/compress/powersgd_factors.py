@@ -20,6 +20,7 @@ overflows anyway (gradients ~4,000x larger than the step before) is sent again a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -43,9 +44,10 @@ def _largest(memory: torch.Tensor) -> torch.Tensor:
     return memory.abs().max() if memory.numel() else memory.new_zeros(())
 
 
-def _agreed_largest(local: torch.Tensor, group) -> torch.Tensor:
+def _agreed_largest(local: torch.Tensor, group, sent: Callable[[int], None]) -> torch.Tensor:
     largest = _largest(local)
     dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=group)
+    sent(largest.numel() * largest.element_size())
     return largest
 
 
@@ -54,14 +56,16 @@ def _cast(local: torch.Tensor, scale: float, world: int, wire: torch.dtype) -> t
     return (local * (scale / world)).to(wire)
 
 
-def _checked(summed: torch.Tensor, local: torch.Tensor, scale: float, world: int, wire: torch.dtype, group) -> torch.Tensor:
+def _checked(summed: torch.Tensor, local: torch.Tensor, scale: float, world: int, wire: torch.dtype, group,
+             sent: Callable[[int], None]) -> torch.Tensor:
     """The mean in fp32. A sum that overflowed the wire's range (gradients that grew ~4,000x in a step) is the same
     on every rank, so every rank sends again, once, at a scale from the largest entry over the ranks (those bytes
-    are not in comm_bytes; non-finite gradients stay non-finite, as in fp32)."""
+    count in comm_bytes, through `sent`; non-finite gradients stay non-finite, as in fp32)."""
     if not torch.isfinite(summed).all():  # decided on the sum, never on `local`: every rank takes the same branch
-        scale = _power_of_two(float(_agreed_largest(local, group)))
+        scale = _power_of_two(float(_agreed_largest(local, group, sent)))
         summed = _cast(local, scale, world, wire)
         dist.all_reduce(summed, group=group)
+        sent(summed.numel() * summed.element_size())
     return summed.float().div_(scale)
 
 
@@ -74,9 +78,10 @@ def _power_of_two(largest: float) -> float:
 
 
 def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype, matrices: list[torch.Tensor],
-           whole: list[torch.Tensor]) -> torch.futures.Future[torch.Tensor]:
+           whole: list[torch.Tensor], sent: Callable[[int], None]) -> torch.futures.Future[torch.Tensor]:
     """`matrices`: the bucket's gradients worth compressing, as (rows, columns) views in the order of P and Q;
-    `whole`: the rest (powersgd.py decides both, by torch's rule)."""
+    `whole`: the rest (powersgd.py decides both, by torch's rule, and counts what every step sends); `sent` is told
+    the bytes of the collectives only some steps make (the largest P on a first step, a resend after an overflow)."""
     group = state.process_group if state.process_group is not None else dist.group.WORLD
     world = dist.get_world_size(group)
     flat, index = bucket.buffer(), bucket.index()
@@ -104,13 +109,13 @@ def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype, mat
     for matrix, q, p in zip(matrices, qs, ps):
         torch.matmul(matrix, q[0], out=p[0])
     if previous is None:  # no history (first compressed step, new layout): the ranks agree on their largest P once
-        previous = _agreed_largest(p_memory, group)
+        previous = _agreed_largest(p_memory, group, sent)
     scale = _power_of_two(float(previous))
     local = torch.cat([t.reshape(-1) for t in whole] + [p_memory])  # fp32: a resend at another scale starts from it
     cast = _cast(local, scale, world, wire)
 
     def finish(fut: torch.futures.Future) -> torch.Tensor:
-        summed = _checked(fut.value()[0], local, scale, world, wire, group)
+        summed = _checked(fut.value()[0], local, scale, world, wire, group, sent)
         offset = 0
         for t in whole:
             t.copy_(summed[offset: offset + t.numel()].view_as(t))
@@ -122,9 +127,9 @@ def reduce(state: PowerSGDState, bucket: dist.GradBucket, wire: torch.dtype, mat
             _orthogonalize(p, state.orthogonalization_epsilon)
         for matrix, p, q in zip(matrices, ps, qs):
             torch.matmul(matrix.T, p[0], out=q[0])
-        sent = _cast(q_memory, q_scale, world, wire)
-        dist.all_reduce(sent, group=group)
-        q_memory.copy_(_checked(sent, q_memory, q_scale, world, wire, group))  # q_memory still holds this rank's Q
+        on_wire = _cast(q_memory, q_scale, world, wire)
+        dist.all_reduce(on_wire, group=group)
+        q_memory.copy_(_checked(on_wire, q_memory, q_scale, world, wire, group, sent))  # q_memory still holds this rank's Q
         for p, q, matrix in zip(ps, qs, matrices):
             torch.matmul(p[0], q[0].T, out=matrix)
         if state.use_error_feedback:
