@@ -84,6 +84,13 @@ def test_each_replica_writes_its_shard_and_the_shards_concatenate_to_one_process
     assert (out["predictions"] == expected.argmax(1).numpy()).all()
 
 
+def test_no_prepack_serves_the_model_as_trained(runs, tmp_path):
+    out = tmp_path / "plain"
+    assert shoal("infer", str(runs["mlp"]), "--data", str(runs["digits"]), "--out", str(out), "--no-prepack") == 0
+    assert json.loads((out / "manifest.json").read_text())["prepack"] == "linear layers not prepacked (--no-prepack)"
+    assert np.abs(read_outputs(out)["outputs"] - reference(runs["mlp"], runs["digits"]).numpy()).max() <= 1e-5
+
+
 def test_two_replicas_through_the_cli_equal_one_process(runs, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert shoal("infer", str(runs["mlp"]), "--data", str(runs["digits"]), "--out", str(one), "--batch", "16") == 0
@@ -92,6 +99,7 @@ def test_two_replicas_through_the_cli_equal_one_process(runs, tmp_path):
     assert np.abs(a["outputs"] - b["outputs"]).max() <= 1e-5 and (a["predictions"] == b["predictions"]).all()
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["shards"] == ["part-00000.npz", "part-00001.npz"] and manifest["rows"] == [51, 50]
+    assert manifest["prepack"].startswith("prepacked 2 linear layers for oneDNN"), manifest  # what computed the outputs
     metrics = json.loads((two / "metrics.json").read_text())
     assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "loss"}
     assert metrics == json.loads((one / "metrics.json").read_text())

@@ -56,6 +56,8 @@ def test_predictions_equal_the_model(server, runs, digits):
         expected = build(resolve(runs["mlp"]))(torch.from_numpy(digits[:5]))
     assert np.abs(np.array(body["outputs"]) - expected.numpy()).max() <= 1e-5
     assert body["predictions"] == expected.argmax(1).tolist()
+    log = open(server.log.name).read()
+    assert all(f"replica {i}: prepacked 2 linear layers for oneDNN" in log for i in range(2)), log[-2000:]  # what answered
 
 
 def test_probes_are_open_and_everything_else_needs_the_token(server):

@@ -87,6 +87,8 @@ def infer_command(source_path: Path, out: Path, nproc: int = 1, data: Path | Non
         compute_s = max((r.get("compute_s", 0.0) for r in results), default=0.0)  # the slowest worker's forward passes
         info = {"source": str(source.weights), "split": job.split, "processes": nproc, "seconds": round(seconds, 3),
                 "compute_s": round(compute_s, 3)}
+        if results and "prepack" in results[0]:
+            info["prepack"] = results[0]["prepack"]
         summary = {"out": str(out), "rows": sum(rows), "shards": len(shards), "seconds": seconds}
         shutil.rmtree(staging / "prepared", ignore_errors=True)
         if job.generating:

@@ -21,6 +21,7 @@ class InferJob:
     seed: int = 0
     samples: int = 1  # continuations of the prompt; sample i draws from seed + i, whoever generates it
     kv_cache: bool = True
+    prepack: bool = True  # replicated, on CPU: linear layers' weights packed once for oneDNN (shoal.infer.prepack)
 
     @property
     def generating(self) -> bool:

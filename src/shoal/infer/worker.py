@@ -20,6 +20,7 @@ from shoal.infer.inputs import read, take
 from shoal.infer.job import InferJob
 from shoal.infer.output import write_shard
 from shoal.infer.predict import forward_batches, predictions, scores
+from shoal.infer.prepack import prepack_linears, sample_for
 from shoal.infer.shards import shard_range
 from shoal.infer.source import build, resolve
 
@@ -51,13 +52,15 @@ def replicated_worker(job: InferJob) -> dict:
         compute_s = time.perf_counter() - started
         write_shard(Path(job.staging), rank, {"tokens": tokens})
         return {"rows": stop - start, "compute_s": compute_s}
+    key = source.cfg.train.output_key
+    note = prepack_linears(model, sample_for(source.spec), key) if job.prepack else "linear layers not prepacked (--no-prepack)"
     start, stop = shard_range(job.rows, world, rank)
     inputs = read(job.data, source, (start, stop))  # only this replica's shard
     started = time.perf_counter()
-    out = forward_batches(model, inputs.x, job.batch, source.spec.num_classes, source.cfg.train.output_key)
+    out = forward_batches(model, inputs.x, job.batch, source.spec.num_classes, key)
     compute_s = time.perf_counter() - started
     write_shard(Path(job.staging), rank, {"outputs": out.numpy(), "predictions": predictions(out)})
-    return {"rows": stop - start, "compute_s": compute_s}
+    return {"rows": stop - start, "compute_s": compute_s, "prepack": note}
 
 
 def split_layout(source, job: InferJob, sample: torch.Tensor, microbatches: int):

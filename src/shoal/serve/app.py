@@ -44,6 +44,7 @@ class Service:
     batcher: Batcher | None = None
     draining: bool = False
     threads: int = 0  # intra-op threads per replica (0: cores / replicas)
+    prepack: bool = True  # CPU: linear layers' weights packed once for oneDNN (shoal.infer.prepack)
     rows: Callable | None = None  # raw rows -> features: the run's fitted preprocessing (shoal.infer.prepare.FittedRows)
 
     @property
@@ -59,7 +60,7 @@ def create_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher = Batcher(*service.batcher_args)
-        service.pool = Pool(service.source, service.replicas, service.batcher, service.metrics, service.threads)
+        service.pool = Pool(service.source, service.replicas, service.batcher, service.metrics, service.threads, service.prepack)
         await service.pool.start()
         yield
         service.draining = True

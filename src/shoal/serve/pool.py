@@ -30,8 +30,8 @@ class ReplicaFailed(Exception):
 
 
 class Replica:
-    def __init__(self, index: int, source: str, threads: int):
-        self.index, self.source, self.threads = index, source, threads
+    def __init__(self, index: int, source: str, threads: int, prepack: bool = True):
+        self.index, self.source, self.threads, self.prepack = index, source, threads, prepack
         self.process: mp.Process | None = None
         self.conn = None
         self.ready = False
@@ -41,7 +41,7 @@ class Replica:
         """Blocking: spawn the process and wait for its 'ready' (the model is loaded)."""
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=replica_main, args=(self.source, child, self.threads), daemon=True,
+        self.process = ctx.Process(target=replica_main, args=(self.source, child, self.threads, self.prepack), daemon=True,
                                    name=f"shoal-replica-{self.index}")
         self.process.start()
         child.close()  # only the replica holds that end: its death reads as EOF here
@@ -49,9 +49,11 @@ class Replica:
         if not parent.poll(300):
             raise ReplicaFailed(f"replica {self.index} did not load the model within 300 s")
         try:
-            parent.recv()
+            ready = parent.recv()
         except EOFError:
             raise ReplicaFailed(f"replica {self.index} exited while loading the model (exit code {self.process.exitcode})") from None
+        if self.restarts == 0:  # the same line again after every restart says nothing new
+            log.info("replica %d: %s", self.index, ready[2])
         self.ready = True
 
     async def roundtrip(self, message) -> dict:
@@ -94,9 +96,9 @@ class Replica:
 
 
 class Pool:
-    def __init__(self, source: str, replicas: int, batcher: Batcher, metrics: Metrics, threads: int = 0):
+    def __init__(self, source: str, replicas: int, batcher: Batcher, metrics: Metrics, threads: int = 0, prepack: bool = True):
         threads = threads or max((os.cpu_count() or 1) // replicas, 1)
-        self.replicas = [Replica(i, source, threads) for i in range(replicas)]
+        self.replicas = [Replica(i, source, threads, prepack) for i in range(replicas)]
         self.batcher, self.metrics = batcher, metrics
         self.tasks: list[asyncio.Task] = []
         # starting and stopping replicas block (spawn, wait for the model to load): a thread each

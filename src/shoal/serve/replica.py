@@ -12,10 +12,11 @@ import torch
 DELAY_ENV = "SHOAL_TEST_SERVE_DELAY_S"  # test-only: seconds each batch takes at least, so a test can kill a replica mid-batch
 
 
-def replica_main(source_path: str, conn, threads: int) -> None:
+def replica_main(source_path: str, conn, threads: int, prepack: bool = True) -> None:
     from shoal.data.batches import call_model
     from shoal.infer.generate import generate
     from shoal.infer.predict import scores
+    from shoal.infer.prepack import prepack_linears, sample_for
     from shoal.infer.source import build, resolve
 
     torch.set_num_threads(threads)
@@ -23,8 +24,9 @@ def replica_main(source_path: str, conn, threads: int) -> None:
     source = resolve(source_path, "serve")
     model = build(source)
     vocab, key = source.spec.num_classes, source.cfg.train.output_key
+    note = prepack_linears(model, sample_for(source.spec), key) if prepack else "linear layers not prepacked (--no-prepack)"
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), note))
     while True:
         try:
             message = unpack(conn.recv_bytes())

@@ -66,14 +66,14 @@ def _vocab(source) -> int:
 
 def serve_command(source_path: str, replicas: int = 1, port: int = 8000, host: str = "127.0.0.1", token: str | None = None,
                   max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256, max_request_samples: int = 256,
-                  max_body_bytes: int = 8 << 20, log_level: str = "info", threads: int = 0) -> None:
+                  max_body_bytes: int = 8 << 20, log_level: str = "info", threads: int = 0, prepack: bool = True) -> None:
     if not 0 < port < 65536:
         raise ShoalError(f"--port {port}: give a port between 1 and 65535")
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     if threads < 0:
         raise ShoalError(f"--threads {threads}: must be 0 (cores / replicas) or more")
     service = service_for(source_path, replicas, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes)
-    service.threads = threads
+    service.threads, service.prepack = threads, prepack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=60, lifespan="on")

@@ -1,0 +1,88 @@
+"""A model's linear layers with their weights packed once for oneDNN, for inference on CPU (`--no-prepack` turns it off).
+
+On CPU nn.Linear calls MKL's fp32 matrix multiply, which packs the weight matrix again on every call with more than
+one row. For the small batches a service sees, that packing costs more than the multiply itself: on the 64 -> 3 x
+4096 -> 10 MLP (one thread) a batch of 3 takes 20.7 ms against 6.9 ms for one sample. A weight held as a oneDNN
+tensor (`Tensor.to_mkldnn`, what torch.utils.mkldnn's TorchScript MkldnnLinear holds; TorchScript is deprecated)
+and multiplied by `aten::mkldnn_linear` is converted once: the same batch takes 10.4 ms, a batch of 32 28.6 ms
+against 36.6 (BENCHMARKS.md, "What a batch costs the served model").
+
+Only modules that are exactly nn.Linear with fp32 CPU weights are swapped, in place (a model keeps one copy of its
+weights). A float sample checks the packed model against the plain forward pass before anything is served: where it
+raises, or differs beyond rounding (a model that reads a layer's `.weight` itself), the layers go back to plain
+nn.Linear and one line says why. Token inputs (the gpt, whose replica also generates) and dict inputs stay plain.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shoal.train.losses import scores_of
+
+RTOL = 1e-4  # oneDNN sums in another order than MKL: measured ~1e-7 relative on every layer
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear's forward pass on weights converted once to oneDNN tensors (inference only: no gradients)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight.detach().to_mkldnn()
+        self.bias = linear.bias.detach().to_mkldnn() if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight, self.bias).to_dense()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, oneDNN"
+
+
+def _swap(model: nn.Module, names: list[str], make) -> None:
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(getattr(parent, child)))
+
+
+def _plain(packed: PackedLinear) -> nn.Linear:
+    """Back from oneDNN's layout: the same weights as an ordinary nn.Linear."""
+    linear = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None, device="meta")
+    linear.weight = nn.Parameter(packed.weight.to_dense(), requires_grad=False)
+    if packed.bias is not None:
+        linear.bias = nn.Parameter(packed.bias.to_dense(), requires_grad=False)
+    return linear.eval()
+
+
+def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "logits") -> str:
+    """Pack `model`'s linear layers in place, checked on `sample` (a float batch of the model's inputs; None: keep it
+    plain). Returns the line to log."""
+    if sample is None or not sample.is_floating_point():
+        return "linear layers not prepacked: the inputs are not one float tensor"
+    if not torch.backends.mkldnn.is_available():
+        return "linear layers not prepacked: this torch has no oneDNN"
+    names = [name for name, m in model.named_modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32
+             and m.weight.device.type == "cpu" and type(m.weight.data) is torch.Tensor]  # a DTensor's shard is not one
+    if not names:
+        return "linear layers not prepacked: the model has no fp32 nn.Linear on CPU"
+    with torch.no_grad():
+        want = scores_of(model(sample), key).float()
+        _swap(model, names, PackedLinear)
+        try:
+            got = scores_of(model(sample), key).float()
+            why = None if torch.allclose(got, want, rtol=RTOL, atol=RTOL * float(want.abs().max())) else \
+                f"its outputs differ from the plain model's by {float((got - want).abs().max()):.3g}"
+        except Exception as err:  # a forward pass that uses a layer's weight itself: keep the plain layers
+            why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        if why is not None:
+            _swap(model, names, _plain)
+            return f"linear layers not prepacked ({why}); serving the plain model"
+    return f"prepacked {len(names)} linear layers for oneDNN (checked against the plain model)"
+
+
+def sample_for(spec, batch: int = 4) -> torch.Tensor | None:
+    """A float batch of a classifier's inputs, or None where inputs are tokens or dicts."""
+    if spec.task == "lm" or spec.dict_inputs:
+        return None
+    return torch.randn(batch, *spec.input_shape, generator=torch.Generator().manual_seed(0))
