@@ -28,6 +28,8 @@ bench: setup
 	.venv/bin/python benchmarks/bench_prep.py
 	.venv/bin/python benchmarks/bench_infer.py
 	.venv/bin/python benchmarks/bench_serve.py
+	.venv/bin/python benchmarks/bench_serve.py --hidden 4096,4096,4096 --prepack both --json benchmarks/results/serve-4096-prepack.json
+	.venv/bin/python benchmarks/bench_batch_cost.py
 	.venv/bin/python benchmarks/bench_node_restart.py
 	.venv/bin/python benchmarks/bench_compression_link.py
 	.venv/bin/python benchmarks/bench_compression_link.py --model gpt --methods none,fp16,int8,powersgd,auto,powersgd8w20,powersgd16w20,powersgd32w20 --steps 160 --target 0.35

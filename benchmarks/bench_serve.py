@@ -11,6 +11,9 @@ worse than twice one request's latency; the service's overhead over the plain lo
 Closed-loop clients put a request's latency at (clients / throughput) by Little's law whatever the server does, so
 the p99 target is also read as an open-loop sweep: requests due at a fixed rate, latency counted from when each
 was due, and the highest rate each mode serves with p99 within twice one lone request's latency (`--no-slo` skips it).
+`shoal serve` packs the linear layers' weights once for oneDNN (shoal/infer/prepack.py) unless `--no-prepack`; the
+plain loop runs the model the servers run. `--prepack both` measures every configuration both ways in each round
+(the names of the rows without it end in "(as trained)").
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from bench_jobs import wide_mlp  # noqa: E402
 
 from shoal.distributed.env import free_port  # noqa: E402
 from shoal.infer import build, resolve  # noqa: E402
+from shoal.infer.prepack import prepack_linears, sample_for  # noqa: E402
 
 
 def train(tmp: Path, hidden: tuple[int, ...]) -> Path:
@@ -46,10 +50,13 @@ def train(tmp: Path, hidden: tuple[int, ...]) -> Path:
     return tmp / "run"
 
 
-def plain_loop(run: Path, batch: int, seconds: float) -> dict:
-    """The baseline: one process, the same model, forward passes back to back (samples/s and per-batch latency)."""
+def plain_loop(run: Path, batch: int, seconds: float, prepack: bool) -> dict:
+    """The baseline: one process, the model the servers run, forward passes back to back (samples/s and per-batch latency)."""
     torch.set_num_threads(1)
-    model = build(resolve(run))
+    source = resolve(run)
+    model = build(source)
+    if prepack:
+        prepack_linears(model, sample_for(source.spec))
     x = torch.randn(batch, 64)
     times = []
     with torch.no_grad():
@@ -195,15 +202,15 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def one_round(run: Path, args, results: dict, sweeps: dict) -> None:
-    """Every configuration once, in a fixed order; a result per name is appended to `results`, and every rate an
-    open-loop sweep tried to `sweeps`."""
-    add = lambda name, value: results.setdefault(name, []).append(value)  # noqa: E731
-    add("plain batch 1", plain_loop(run, 1, 3.0))
-    add("plain batch 32", plain_loop(run, 32, 3.0))
+def one_round(run: Path, args, results: dict, sweeps: dict, prepack: bool, suffix: str) -> None:
+    """Every configuration once, in a fixed order; a result per name (+ `suffix`) is appended to `results`, and every
+    rate an open-loop sweep tried to `sweeps`."""
+    add = lambda name, value: results.setdefault(name + suffix, []).append(value)  # noqa: E731
+    add("plain batch 1", plain_loop(run, 1, 3.0, prepack))
+    add("plain batch 32", plain_loop(run, 32, 3.0, prepack))
     for replicas in (1, 2):
         for batching in (False, True):
-            flags = ["--replicas", str(replicas), "--max-queue", "1024", "--threads", "1"]
+            flags = ["--replicas", str(replicas), "--max-queue", "1024", "--threads", "1"] + ([] if prepack else ["--no-prepack"])
             flags += ["--max-batch", "32", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
             server = Serve(run, *flags)
             try:
@@ -216,9 +223,9 @@ def one_round(run: Path, args, results: dict, sweeps: dict) -> None:
                     add("serve 1 replica, requests of 32", load(server.port, args.requests // 4, args.overhead_clients, 32,
                                                                 args.max_seconds))
                 if replicas == 1 and args.slo:
-                    lone_ms = results["single request"][-1]["p50_ms"]
+                    lone_ms = results["single request" + suffix][-1]["p50_ms"]
                     found = rate_under_slo(server.port, 2 * lone_ms, 1e3 / lone_ms)
-                    sweeps.setdefault(name, []).append(found.pop("tried"))
+                    sweeps.setdefault(name + suffix, []).append(found.pop("tried"))
                     add(f"{name}, open loop, highest rate with p99 <= 2x one request", found)
             finally:
                 server.stop()
@@ -237,6 +244,8 @@ def main() -> None:
     parser.add_argument("--no-slo", dest="slo", action="store_false",
                         help="skip the open-loop sweeps for the highest rate at p99 <= 2x one request's latency")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, interleaved; report the medians")
+    parser.add_argument("--prepack", choices=("on", "off", "both"), default="on",
+                        help="serve with the linear layers prepacked for oneDNN (shoal serve's default), as trained (--no-prepack), or both")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
     rounds: dict[str, list[dict]] = {}
@@ -244,14 +253,34 @@ def main() -> None:
     loads = [open("/proc/loadavg").read().split()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         run = train(Path(tmp), args.hidden)
+        variants = {"on": [(True, "")], "off": [(False, "")], "both": [(True, ""), (False, " (as trained)")]}[args.prepack]
         for _ in range(args.rounds):
-            one_round(run, args, rounds, sweeps)
+            for prepack, suffix in variants:
+                one_round(run, args, rounds, sweeps, prepack, suffix)
             loads.append(open("/proc/loadavg").read().split()[0])
     results = {name: median_of(runs) for name, runs in rounds.items()}
     print(f"MLP 64 -> {' x '.join(map(str, args.hidden))} -> 10; {args.rounds} round(s), medians; "
           f"load average (1 min) at the start and after each round: {', '.join(loads)}")
     for name, r in results.items():
         print(f"{name:40s} " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    for _, suffix in variants:
+        print(f"-- {'prepacked' if not suffix else suffix.strip(' ()')}:")
+        report(args, *(of_variant(rows, suffix) for rows in (results, rounds, sweeps)))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report_json = {"hidden": args.hidden, "overhead_clients": args.overhead_clients, "prepack": args.prepack, "medians": results,
+                   "rounds": rounds, "sweeps": sweeps, "load": loads}
+    args.json.write_text(json.dumps(report_json, indent=1) + "\n")
+
+
+def of_variant(rows: dict, suffix: str) -> dict:
+    """The rows of one variant, under their names without the suffix."""
+    if not suffix:
+        return {k: v for k, v in rows.items() if not k.endswith(" (as trained)")}
+    return {k[: -len(suffix)]: v for k, v in rows.items() if k.endswith(suffix)}
+
+
+def report(args, results: dict, rounds: dict, sweeps: dict) -> None:
+    """The ratios against the targets, for one variant's rows."""
     for clients in args.clients:
         one, batched = results[f"serve 1 replica, one at a time, {clients} clients"], results[f"serve 1 replica, batching, {clients} clients"]
         ratios = [b["requests_per_s"] / o["requests_per_s"] for o, b in zip(rounds[f"serve 1 replica, one at a time, {clients} clients"],
@@ -272,10 +301,6 @@ def main() -> None:
         print(f"open loop, 1 replica, p99 within 2x one request's latency ({results[within['batching']]['slo_ms']:.1f} ms): batching "
               f"{results[within['batching']]['requests_per_s']:.0f} requests/s, one at a time {results[within['one at a time']]['requests_per_s']:.0f}"
               f" (per round: {', '.join(f'{r:.2f}x' for r in per_round)})")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    report = {"hidden": args.hidden, "overhead_clients": args.overhead_clients, "medians": results, "rounds": rounds, "sweeps": sweeps,
-              "load": loads}
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
