@@ -85,7 +85,10 @@ def main() -> None:
     models = {"as trained": mlp(args.hidden).to(device)}
     if device.type == "cpu":
         models["prepacked"] = mlp(args.hidden)
-        print(prepack_linears(models["prepacked"], torch.randn(4, 64)))
+        print(prepack_linears(models["prepacked"], torch.randn(4, 64), mode="on"))
+    auto = prepack_linears(mlp(args.hidden), torch.randn(16, 64), mode="auto") if device.type == "cpu" else None
+    if auto:
+        print(f"what --prepack auto (the default) decides for this model: {auto}")
     times = pass_times(models, device, args.repeats)
     print(f"model 64 -> {' x '.join(map(str, args.hidden))} -> 10 on {device}")
     print("| | batch | " + " | ".join(map(str, BATCHES)) + " |")
@@ -106,7 +109,7 @@ def main() -> None:
                   f"against twice a lone pass, {found['target_ms']:.1f} ms (before any HTTP)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit, "machine": platform.node(),
-              "device": str(device), "hidden": list(args.hidden), "median_ms": medians,
+              "device": str(device), "hidden": list(args.hidden), "auto": auto, "median_ms": medians,
               "fastest_ms": {name: {b: min(v) for b, v in runs.items()} for name, runs in times.items()}, "bound": bounds}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_name(args.json.name + ".tmp")

@@ -157,15 +157,15 @@ def infer(
     samples: Annotated[int, typer.Option("--samples", help="--generate: continuations (sample i uses seed + i)")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="--generate: random seed")] = 0,
     no_cache: Annotated[bool, typer.Option("--no-kv-cache", help="--generate: recompute the whole sequence every step")] = False,
-    no_prepack: Annotated[bool, typer.Option("--no-prepack", help="replicated, on CPU: keep nn.Linear as trained instead of packing "
-                                             "its weights once for oneDNN (checked against the plain model at start)")] = False,
+    prepack: Annotated[str, typer.Option("--prepack", help="replicated, on CPU: pack nn.Linear weights once for oneDNN: auto (when "
+                                         "timed faster at --batch), on (whenever it checks out), off (as trained)")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory")] = False,
 ) -> None:
     """Run a trained model over many inputs (replicated or split over processes), or generate text with the gpt."""
     from shoal.infer.cli import infer_main
 
     infer_main(source, out, data, nproc, split, batch, overwrite, generate, prompt, max_new_tokens, temperature, top_k,
-               samples, seed, not no_cache, not no_prepack)
+               samples, seed, not no_cache, prepack)
 
 
 @app.command()
@@ -181,14 +181,14 @@ def serve(
     max_request_samples: Annotated[int, typer.Option("--max-request-samples", help="samples in one request at most (413 beyond)")] = 256,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="request body size limit (413 beyond)")] = 8 << 20,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads per replica (0: cores / replicas)")] = 0,
-    no_prepack: Annotated[bool, typer.Option("--no-prepack", help="CPU: keep nn.Linear as trained instead of packing its weights "
-                                             "once for oneDNN (faster small batches; checked against the plain model at start)")] = False,
+    prepack: Annotated[str, typer.Option("--prepack", help="CPU: pack nn.Linear weights once for oneDNN (faster small batches of wide "
+                                         "layers): auto (when timed faster at start), on (whenever it checks out), off (as trained)")] = "auto",
 ) -> None:
     """Serve a trained model over HTTP: /v1/predict, /v1/generate (gpt), /healthz, /readyz, /metrics."""
     from shoal.serve import serve_command
 
     serve_command(str(source), replicas, port, host, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes,
-                  threads=threads, prepack=not no_prepack)
+                  threads=threads, prepack=prepack)
 
 
 @app.command("config")

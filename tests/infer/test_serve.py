@@ -27,7 +27,7 @@ def server(runs, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     # every batch takes >= 50 ms: requests overlap, so batching, a full queue and a mid-batch kill are all reachable
     s = Server(runs["mlp"], "--replicas", "2", "--max-batch", "8", "--max-wait-ms", "20", "--max-queue", "8",
-               "--max-request-samples", "16", "--max-body-bytes", "200000", token=TOKEN, env={DELAY_ENV: "0.05"}, log=log)
+               "--max-request-samples", "16", "--max-body-bytes", "200000", "--prepack", "on", token=TOKEN, env={DELAY_ENV: "0.05"}, log=log)
     try:
         yield s.wait_ready()
     finally:

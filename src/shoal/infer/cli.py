@@ -11,7 +11,7 @@ from shoal.infer.command import infer_command
 
 def infer_main(source: Path, out: Path, data: Path | None, nproc: int, split: str | None, batch: int, overwrite: bool,
                generating: bool, prompt: str, max_new_tokens: int, temperature: float, top_k: int, samples: int, seed: int,
-               kv_cache: bool, prepack: bool = True) -> dict:
+               kv_cache: bool, prepack: str = "auto") -> dict:
     options = {"batch": batch, "split": split, "prepack": prepack}
     if generating:
         options.update(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, samples=samples,

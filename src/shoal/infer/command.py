@@ -17,6 +17,7 @@ from shoal.infer.inputs import locate, read
 from shoal.infer.job import InferJob
 from shoal.infer.output import commit, read_outputs, shard_name, staging_dir, write_manifest
 from shoal.infer.predict import score
+from shoal.infer.prepack import check_mode
 from shoal.infer.source import resolve
 from shoal.infer.worker import worker_main
 from shoal.run_dir import atomic_write_bytes
@@ -29,6 +30,7 @@ def check(job: InferJob, nproc: int) -> None:
         raise ShoalError(f"--nproc {nproc}: must be 1 or more")
     if job.batch < 1:
         raise ShoalError(f"--batch {job.batch}: must be 1 or more")
+    check_mode(job.prepack)
     if job.split is not None and job.split not in SPLITS:
         raise ShoalError(f"--split {job.split!r}: choose pp or tp")
     if job.split == "pp" and nproc < 2:

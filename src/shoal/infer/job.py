@@ -21,7 +21,7 @@ class InferJob:
     seed: int = 0
     samples: int = 1  # continuations of the prompt; sample i draws from seed + i, whoever generates it
     kv_cache: bool = True
-    prepack: bool = True  # replicated, on CPU: linear layers' weights packed once for oneDNN (shoal.infer.prepack)
+    prepack: str = "auto"  # replicated, on CPU: linear layers packed for oneDNN: auto | on | off (shoal.infer.prepack)
 
     @property
     def generating(self) -> bool:

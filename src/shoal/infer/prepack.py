@@ -1,4 +1,4 @@
-"""A model's linear layers with their weights packed once for oneDNN, for inference on CPU (`--no-prepack` turns it off).
+"""A model's linear layers with their weights packed once for oneDNN, for inference on CPU (`--prepack auto|on|off`).
 
 On CPU nn.Linear calls MKL's fp32 matrix multiply, which packs the weight matrix again on every call with more than
 one row. For the small batches a service sees, that packing costs more than the multiply itself: on the 64 -> 3 x
@@ -10,14 +10,21 @@ against 36.6 (BENCHMARKS.md, "What a batch costs the served model").
 Only modules that are exactly nn.Linear with fp32 CPU weights are swapped, in place (a model keeps one copy of its
 weights). A float sample checks the packed model against the plain forward pass before anything is served: where it
 raises, or differs beyond rounding (a model that reads a layer's `.weight` itself), the layers go back to plain
-nn.Linear and one line says why. Token inputs (the gpt, whose replica also generates) and dict inputs stay plain.
+nn.Linear and one line says why. Small layers lose: oneDNN converts every input and output, which costs more than
+MKL's repacking of a small matrix (a 3 x 1024 MLP's lone sample: 0.52 ms packed, 0.36 as trained), so by default
+(`auto`) both are timed on a few batch sizes and the packed layers stay only when clearly faster. Token inputs (the
+gpt, whose replica also generates) and dict inputs stay plain.
 """
 
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 from torch import nn
 
+from shoal.errors import ShoalError
 from shoal.train.losses import scores_of
 
 RTOL = 1e-4  # oneDNN sums in another order than MKL: measured ~1e-7 relative on every layer
@@ -55,9 +62,46 @@ def _plain(packed: PackedLinear) -> nn.Linear:
     return linear.eval()
 
 
-def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "logits") -> str:
-    """Pack `model`'s linear layers in place, checked on `sample` (a float batch of the model's inputs; None: keep it
-    plain). Returns the line to log."""
+MODES = ("auto", "on", "off")
+TIMED_BATCHES = (1, 4, 16)  # the sizes a service's batches take; `shoal infer` times its own --batch
+REPEATS = 3  # the fastest of a few passes: other load on the machine only ever adds time
+KEEP_BELOW = 0.9  # auto keeps the packed layers only when they take at most 90% of the plain ones' time
+
+
+def _fastest(model: nn.Module, inputs: list[torch.Tensor]) -> float:
+    """Seconds of one pass over every input, the fastest of REPEATS (after a warm-up pass)."""
+    for x in inputs:
+        model(x)
+    best = math.inf
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for x in inputs:
+            model(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an unknown --prepack before any process starts."""
+    if mode not in MODES:
+        raise ShoalError(f"--prepack {mode!r}: choose one of {', '.join(MODES)}")
+
+
+def worth_it(plain_s: float, packed_s: float) -> bool:
+    """auto's rule: a clear gain, not noise (on small layers oneDNN's conversions of every input cost more than
+    MKL's repacking: a 3 x 1024 MLP's lone sample took 0.52 ms packed against 0.36)."""
+    return packed_s <= KEEP_BELOW * plain_s
+
+
+def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "logits", mode: str = "auto",
+                    batches: tuple[int, ...] = TIMED_BATCHES) -> str:
+    """Pack `model`'s linear layers in place, checked on `sample` (a float batch of the model's inputs, at least
+    max(batches) long; None: keep it plain). mode "auto" also times both on batches of these sizes and keeps the
+    faster; "on" keeps the packed layers whenever they check out; "off" leaves the model as trained. Returns the
+    line to log."""
+    check_mode(mode)
+    if mode == "off":
+        return "linear layers not prepacked (--prepack off)"
     if sample is None or not sample.is_floating_point():
         return "linear layers not prepacked: the inputs are not one float tensor"
     if not torch.backends.mkldnn.is_available():
@@ -66,8 +110,11 @@ def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "l
              and m.weight.device.type == "cpu" and type(m.weight.data) is torch.Tensor]  # a DTensor's shard is not one
     if not names:
         return "linear layers not prepacked: the model has no fp32 nn.Linear on CPU"
+    timed = mode == "auto" and bool(batches)
+    inputs = [sample[:b] for b in batches] if timed else []
     with torch.no_grad():
         want = scores_of(model(sample), key).float()
+        plain_s = _fastest(model, inputs) if timed else 0.0
         _swap(model, names, PackedLinear)
         try:
             got = scores_of(model(sample), key).float()
@@ -75,13 +122,20 @@ def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "l
                 f"its outputs differ from the plain model's by {float((got - want).abs().max()):.3g}"
         except Exception as err:  # a forward pass that uses a layer's weight itself: keep the plain layers
             why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        speed = ""
+        if why is None and timed:
+            packed_s = _fastest(model, inputs)
+            sizes = ", ".join(map(str, batches))
+            speed = f"; {plain_s / packed_s:.2f}x the plain layers' speed on batches of {sizes}"
+            if not worth_it(plain_s, packed_s):
+                why = f"oneDNN ran at {plain_s / packed_s:.2f}x the plain layers' speed on batches of {sizes}"
         if why is not None:
             _swap(model, names, _plain)
             return f"linear layers not prepacked ({why}); serving the plain model"
-    return f"prepacked {len(names)} linear layers for oneDNN (checked against the plain model)"
+    return f"prepacked {len(names)} linear layers for oneDNN (checked against the plain model{speed})"
 
 
-def sample_for(spec, batch: int = 4) -> torch.Tensor | None:
+def sample_for(spec, batch: int = max(TIMED_BATCHES)) -> torch.Tensor | None:
     """A float batch of a classifier's inputs, or None where inputs are tokens or dicts."""
     if spec.task == "lm" or spec.dict_inputs:
         return None

@@ -53,7 +53,8 @@ def replicated_worker(job: InferJob) -> dict:
         write_shard(Path(job.staging), rank, {"tokens": tokens})
         return {"rows": stop - start, "compute_s": compute_s}
     key = source.cfg.train.output_key
-    note = prepack_linears(model, sample_for(source.spec), key) if job.prepack else "linear layers not prepacked (--no-prepack)"
+    timed = min(job.batch, 256)  # the batch size it runs (a larger one costs per sample about what 256 does)
+    note = prepack_linears(model, sample_for(source.spec, timed), key, job.prepack, batches=(timed,))
     start, stop = shard_range(job.rows, world, rank)
     inputs = read(job.data, source, (start, stop))  # only this replica's shard
     started = time.perf_counter()

@@ -44,7 +44,7 @@ class Service:
     batcher: Batcher | None = None
     draining: bool = False
     threads: int = 0  # intra-op threads per replica (0: cores / replicas)
-    prepack: bool = True  # CPU: linear layers' weights packed once for oneDNN (shoal.infer.prepack)
+    prepack: str = "auto"  # CPU: linear layers' weights packed once for oneDNN: auto | on | off (shoal.infer.prepack)
     rows: Callable | None = None  # raw rows -> features: the run's fitted preprocessing (shoal.infer.prepare.FittedRows)
 
     @property

@@ -30,7 +30,7 @@ class ReplicaFailed(Exception):
 
 
 class Replica:
-    def __init__(self, index: int, source: str, threads: int, prepack: bool = True):
+    def __init__(self, index: int, source: str, threads: int, prepack: str = "auto"):
         self.index, self.source, self.threads, self.prepack = index, source, threads, prepack
         self.process: mp.Process | None = None
         self.conn = None
@@ -96,7 +96,7 @@ class Replica:
 
 
 class Pool:
-    def __init__(self, source: str, replicas: int, batcher: Batcher, metrics: Metrics, threads: int = 0, prepack: bool = True):
+    def __init__(self, source: str, replicas: int, batcher: Batcher, metrics: Metrics, threads: int = 0, prepack: str = "auto"):
         threads = threads or max((os.cpu_count() or 1) // replicas, 1)
         self.replicas = [Replica(i, source, threads, prepack) for i in range(replicas)]
         self.batcher, self.metrics = batcher, metrics

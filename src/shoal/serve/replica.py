@@ -12,7 +12,7 @@ import torch
 DELAY_ENV = "SHOAL_TEST_SERVE_DELAY_S"  # test-only: seconds each batch takes at least, so a test can kill a replica mid-batch
 
 
-def replica_main(source_path: str, conn, threads: int, prepack: bool = True) -> None:
+def replica_main(source_path: str, conn, threads: int, prepack: str = "auto") -> None:
     from shoal.data.batches import call_model
     from shoal.infer.generate import generate
     from shoal.infer.predict import scores
@@ -24,7 +24,7 @@ def replica_main(source_path: str, conn, threads: int, prepack: bool = True) -> 
     source = resolve(source_path, "serve")
     model = build(source)
     vocab, key = source.spec.num_classes, source.cfg.train.output_key
-    note = prepack_linears(model, sample_for(source.spec), key) if prepack else "linear layers not prepacked (--no-prepack)"
+    note = prepack_linears(model, sample_for(source.spec), key, prepack)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     conn.send(("ready", os.getpid(), note))
     while True:

@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from shoal.errors import ShoalError
+from shoal.infer.prepack import check_mode
 from shoal.infer.source import resolve
 from shoal.serve.app import Service, create_app
 from shoal.serve.validate import Limits
@@ -66,12 +67,13 @@ def _vocab(source) -> int:
 
 def serve_command(source_path: str, replicas: int = 1, port: int = 8000, host: str = "127.0.0.1", token: str | None = None,
                   max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256, max_request_samples: int = 256,
-                  max_body_bytes: int = 8 << 20, log_level: str = "info", threads: int = 0, prepack: bool = True) -> None:
+                  max_body_bytes: int = 8 << 20, log_level: str = "info", threads: int = 0, prepack: str = "auto") -> None:
     if not 0 < port < 65536:
         raise ShoalError(f"--port {port}: give a port between 1 and 65535")
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     if threads < 0:
         raise ShoalError(f"--threads {threads}: must be 0 (cores / replicas) or more")
+    check_mode(prepack)
     service = service_for(source_path, replicas, token, max_batch, max_wait_ms, max_queue, max_request_samples, max_body_bytes)
     service.threads, service.prepack = threads, prepack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
