@@ -8,6 +8,8 @@ fixed number of client threads on keep-alive connections, capped by a duration; 
 `shoal serve` process. Every replica and the plain loop use one intra-op thread: on a shared 2-core machine
 more threads mostly measure OpenMP threads spinning against other load. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
 worse than twice one request's latency; the service's overhead over the plain loop at the same batch size <= 10%.
+Closed-loop clients are what shoal.serve.returns
+batches together (it waits for the clients of the batch just answered when they are due back within a pass).
 Closed-loop clients put a request's latency at (clients / throughput) by Little's law whatever the server does, so
 the p99 target is also read as an open-loop sweep: requests due at a fixed rate, latency counted from when each
 was due, and the highest rate each mode serves with p99 within twice one lone request's latency (`--no-slo` skips it).
@@ -236,7 +238,7 @@ def one_round(run: Path, args, results: dict, sweeps: dict, prepack: bool, suffi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--clients", type=lambda v: [int(c) for c in v.split(",")], default=[8, 32],
+    parser.add_argument("--clients", type=lambda v: [int(c) for c in v.split(",")], default=[6, 8, 32],
                         help="client threads of each load, comma-separated")
     parser.add_argument("--hidden", type=lambda v: tuple(int(h) for h in v.split(",")), default=(1024, 1024, 1024),
                         help="the MLP's hidden widths, comma-separated (4096,4096,4096: a model whose cost, not HTTP's, dominates)")

@@ -70,7 +70,8 @@ def create_app(service: Service) -> Starlette:
         if service.draining:
             return error(503, "shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         batcher = service.batcher
-        batcher.arrive()  # a batch being formed may wait for this one while it is read and checked
+        conn = request.client  # (host, port): one keep-alive connection
+        batcher.arrive(conn)  # a batch being formed may wait for this one while it is read and checked
         try:
             body = await request.body()
             data = parse_body(body, request.headers.get("content-type", ""), service.limits)
@@ -78,9 +79,9 @@ def create_app(service: Service) -> Starlette:
                 x = predict_inputs(data, service.limits)
                 if isinstance(x, list):  # raw rows: the fitted steps, off the event loop
                     x = await prepared(x)
-                work = Work("predict", x, batch_len(x))
+                work = Work("predict", x, batch_len(x), conn=conn)
             else:
-                work = Work("generate", generate_request(data, service.limits))
+                work = Work("generate", generate_request(data, service.limits), conn=conn)
         except BaseException:
             await batcher.leave()
             raise

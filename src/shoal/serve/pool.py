@@ -132,6 +132,7 @@ class Pool:
             batch = [w for w in batch if not w.future.done()]  # callers that went away
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 result = await replica.roundtrip(_message(batch))
             except ReplicaFailed as err:
@@ -139,6 +140,7 @@ class Pool:
                 continue
             _answer(batch, result)
             if batch[0].kind == "predict":
+                self.batcher.answered(batch, time.perf_counter() - started)
                 self.metrics.batch_size.observe(sum(w.size for w in batch))
 
     async def _recover(self, replica: Replica, batch: list[Work], err: ReplicaFailed) -> None:
