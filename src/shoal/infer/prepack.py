@@ -11,7 +11,7 @@ Only modules that are exactly nn.Linear with fp32 CPU weights are swapped, in pl
 weights). A float sample checks the packed model against the plain forward pass before anything is served: where it
 raises, or differs beyond rounding (a model that reads a layer's `.weight` itself), the layers go back to plain
 nn.Linear and one line says why. Small layers lose: oneDNN converts every input and output, which costs more than
-MKL's repacking of a small matrix (a 3 x 1024 MLP's lone sample: 0.52 ms packed, 0.36 as trained), so by default
+MKL's repacking of a small matrix (a 3 x 1024 MLP's lone sample: 0.95 ms packed, 0.74 as trained), so by default
 (`auto`) both are timed on a few batch sizes and the packed layers stay only when clearly faster. Token inputs (the
 gpt, whose replica also generates) and dict inputs stay plain.
 """
@@ -89,7 +89,7 @@ def check_mode(mode: str) -> None:
 
 def worth_it(plain_s: float, packed_s: float) -> bool:
     """auto's rule: a clear gain, not noise (on small layers oneDNN's conversions of every input cost more than
-    MKL's repacking: a 3 x 1024 MLP's lone sample took 0.52 ms packed against 0.36)."""
+    MKL's repacking: a 3 x 1024 MLP's lone sample took 0.95 ms packed against 0.74)."""
     return packed_s <= KEEP_BELOW * plain_s
 
 
