@@ -176,7 +176,8 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="address to bind (0.0.0.0: every interface)")] = "127.0.0.1",
     token: Annotated[Optional[str], typer.Option("--token", help="require 'Authorization: Bearer T' (default: $SHOAL_SERVE_TOKEN)")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="samples per replica batch (1: no batching)")] = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="longest a batch waits for requests still arriving (a lone one goes at once)")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="longest a free replica's batch waits for requests still arriving "
+                                               "or clients just answered that are due back (a lone one goes at once)")] = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", help="requests waiting at most; more get 503 + Retry-After")] = 256,
     max_request_samples: Annotated[int, typer.Option("--max-request-samples", help="samples in one request at most (413 beyond)")] = 256,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="request body size limit (413 beyond)")] = 8 << 20,
