@@ -9,8 +9,8 @@ first `--warmup` requests (2: a new connection, and the round trip the service l
 `shoal serve` process. Every replica and the plain loop use one intra-op thread: on a shared 2-core machine
 more threads mostly measure OpenMP threads spinning against other load. Targets (issue 12): batching >= 3x the requests/s of one-at-a-time serving at a p99 no
 worse than twice one request's latency; the service's overhead over the plain loop at the same batch size <= 10%.
-Closed-loop clients are what shoal.serve.returns
-batches together (it waits for the clients of the batch just answered when they are due back within a pass).
+Closed-loop clients are what shoal.serve.returns batches together (it waits for the clients of the batch just
+answered when they are due back within a pass).
 Closed-loop clients put a request's latency at (clients / throughput) by Little's law whatever the server does, so
 the p99 target is also read as an open-loop sweep: requests due at a fixed rate, latency counted from when each
 was due, and the highest rate each mode serves with p99 within twice one lone request's latency (`--no-slo` skips it).
@@ -105,10 +105,15 @@ def post(conn: http.client.HTTPConnection, body: bytes) -> int:
     return response.status
 
 
-def summary(latencies: list[float], codes: dict[int, int], wall: float, samples: int) -> dict:
+def percentile_ms(latencies: list[float], q: float) -> float:
     lat = sorted(latencies)
-    return {"requests": len(lat), "codes": codes, "requests_per_s": len(lat) / wall, "samples_per_s": samples * len(lat) / wall,
-            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(int(len(lat) * 0.99), len(lat) - 1)]}
+    return 1e3 * lat[min(int(len(lat) * q), len(lat) - 1)]
+
+
+def summary(latencies: list[float], codes: dict[int, int], wall: float, samples: int) -> dict:
+    n = len(latencies)
+    return {"requests": n, "codes": codes, "requests_per_s": n / wall, "samples_per_s": samples * n / wall,
+            "p50_ms": percentile_ms(latencies, 0.5), "p99_ms": percentile_ms(latencies, 0.99)}
 
 
 def run_threads(target, count: int) -> float:
@@ -159,8 +164,7 @@ def load(port: int, requests: int, clients: int, samples: int, max_seconds: floa
 
     run_threads(client, clients)
     result = summary(latencies, codes, time.perf_counter() - started[0], samples)
-    everything = sorted(latencies + warm)
-    return {**result, "warmup_per_client": warmup, "p99_all_ms": 1e3 * everything[min(int(len(everything) * 0.99), len(everything) - 1)]}
+    return {**result, "warmup_per_client": warmup, "p99_all_ms": percentile_ms(latencies + warm, 0.99)}
 
 
 def paced_load(port: int, rate: float, requests: int, connections: int = 64) -> dict:

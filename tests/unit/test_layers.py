@@ -12,7 +12,7 @@ from pathlib import Path
 SRC = Path(__file__).parents[2] / "src" / "shoal"
 
 LAYERS = {
-    0: ["errors", "registry", "plugins", "config", "config_doc"],
+    0: ["errors", "registry", "plugins", "config", "config_doc", "timing"],
     1: ["data", "models", "prep"],
     2: ["distributed"],
     3: ["compress", "parallel", "checkpoint", "run_dir", "run_lock", "run_start", "monitor"],

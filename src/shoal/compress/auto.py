@@ -15,8 +15,6 @@ gradients' bytes cost no more than the all-reduce's latency (latency-bound: fewe
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -25,6 +23,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
 from shoal.config import CommConfig
 from shoal.distributed.collectives import TrainingGroup
+from shoal.timing import fastest
 
 # The candidates, least lossy first: the order of their measured final accuracy on the MNIST link benchmark (none
 # 0.987, fp16 0.986, int8 0.9855, qsgd 0.9855, powersgd rank 4 0.986) and on digits (docs/compression.md). topk and
@@ -34,22 +33,11 @@ LEAST_LOSSY_FIRST = ("none", "fp16", "int8", "qsgd", "powersgd")
 GAIN = 1.10  # a method must beat the next-less-lossy choice by 10% of the step to be worth its noise
 
 
-def _timed(fn: Callable[[], object], repeats: int = 5) -> float:
-    """The fastest of a few calls: other load on the machine only ever adds time."""
-    fn()  # warm-up: first calls allocate and connect
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def _compute_s(model: nn.Module, sample: torch.Tensor, accum: int) -> float:
     """Forward and backward of one micro-batch, leaving no trace: RNG, buffers (batch-norm statistics), gradients."""
     buffers = [(b, b.clone()) for b in model.buffers()]  # parameters only get gradients; buffers may be updated in place
     with torch.random.fork_rng(devices=[]):
-        seconds = _timed(lambda: model(sample).float().square().mean().backward(), repeats=3)
+        seconds = fastest(lambda: model(sample).float().square().mean().backward(), repeats=3)
     with torch.no_grad():
         for live, saved in buffers:
             live.copy_(saved)
@@ -67,10 +55,10 @@ def measure(model: nn.Module, sample: torch.Tensor, accum: int, group: TrainingG
     eighth = grads[: max(numel // 8, 1)].clone()
     found = {
         "compute_s": _compute_s(model, sample, accum),
-        "allreduce_s": _timed(lambda: dist.all_reduce(grads, group=group.group)),
-        "allreduce_eighth_s": _timed(lambda: dist.all_reduce(eighth, group=group.group)),
-        "allgather_s": _timed(lambda: dist.all_gather(gathered, quarter, group=group.group)),
-        "pass_s": _timed(lambda: grads.mul(1.0001)),
+        "allreduce_s": fastest(lambda: dist.all_reduce(grads, group=group.group)),
+        "allreduce_eighth_s": fastest(lambda: dist.all_reduce(eighth, group=group.group)),
+        "allgather_s": fastest(lambda: dist.all_gather(gathered, quarter, group=group.group)),
+        "pass_s": fastest(lambda: grads.mul(1.0001)),
     }
     worst = dict(zip(found, map(float, group.max(list(found.values())))))  # the slowest rank sets the pace; every rank agrees
     # two sizes of the same all-reduce: time = latency + bytes / rate (a size-1 tensor takes another algorithm in gloo)

@@ -18,13 +18,11 @@ gpt, whose replica also generates) and dict inputs stay plain.
 
 from __future__ import annotations
 
-import math
-import time
-
 import torch
 from torch import nn
 
 from shoal.errors import ShoalError
+from shoal.timing import fastest
 from shoal.train.losses import scores_of
 
 RTOL = 1e-4  # oneDNN sums in another order than MKL: measured ~1e-7 relative on every layer
@@ -64,21 +62,8 @@ def _plain(packed: PackedLinear) -> nn.Linear:
 
 MODES = ("auto", "on", "off")
 TIMED_BATCHES = (1, 4, 16)  # the sizes a service's batches take; `shoal infer` times its own --batch
-REPEATS = 3  # the fastest of a few passes: other load on the machine only ever adds time
+REPEATS = 3  # auto times the fastest of this many passes over the timed batches (shoal.timing.fastest)
 KEEP_BELOW = 0.9  # auto keeps the packed layers only when they take at most 90% of the plain ones' time
-
-
-def _fastest(model: nn.Module, inputs: list[torch.Tensor]) -> float:
-    """Seconds of one pass over every input, the fastest of REPEATS (after a warm-up pass)."""
-    for x in inputs:
-        model(x)
-    best = math.inf
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        for x in inputs:
-            model(x)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def check_mode(mode: str) -> None:
@@ -111,10 +96,15 @@ def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "l
     if not names:
         return "linear layers not prepacked: the model has no fp32 nn.Linear on CPU"
     timed = mode == "auto" and bool(batches)
-    inputs = [sample[:b] for b in batches] if timed else []
+    inputs = [sample[:b] for b in batches]
+
+    def one_pass() -> None:  # every timed batch once: the same call times the plain layers and the packed ones
+        for x in inputs:
+            model(x)
+
     with torch.no_grad():
         want = scores_of(model(sample), key).float()
-        plain_s = _fastest(model, inputs) if timed else 0.0
+        plain_s = fastest(one_pass, REPEATS) if timed else 0.0
         _swap(model, names, PackedLinear)
         try:
             got = scores_of(model(sample), key).float()
@@ -124,11 +114,11 @@ def prepack_linears(model: nn.Module, sample: torch.Tensor | None, key: str = "l
             why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         speed = ""
         if why is None and timed:
-            packed_s = _fastest(model, inputs)
-            sizes = ", ".join(map(str, batches))
-            speed = f"; {plain_s / packed_s:.2f}x the plain layers' speed on batches of {sizes}"
+            packed_s = fastest(one_pass, REPEATS)
+            measured = f"{plain_s / packed_s:.2f}x the plain layers' speed on batches of {', '.join(map(str, batches))}"
+            speed = f"; {measured}"
             if not worth_it(plain_s, packed_s):
-                why = f"oneDNN ran at {plain_s / packed_s:.2f}x the plain layers' speed on batches of {sizes}"
+                why = f"oneDNN ran at {measured}"
         if why is not None:
             _swap(model, names, _plain)
             return f"linear layers not prepacked ({why}); serving the plain model"

@@ -61,18 +61,14 @@ class Returns:
     def expected_until(self, now: float, deadline: float) -> float | None:
         """Until when a batch should wait for the last batch's clients (None: not worth it, or nobody due)."""
         limit = min(deadline, now + min(self.passes)) if self.passes else deadline
-        due, until = None, None
+        due, late = [], []
         for conn in self.group:
             answered, turnaround = self.answered_at.get(conn), self.turnaround.get(conn)
-            if answered is None:  # back already
+            if answered is None or turnaround is None:  # back already, or its first round trip: nothing known
                 continue
-            if turnaround is None:  # first round trip: nothing known
-                continue
-            late = answered + 2 * turnaround + SLACK_S
-            if late <= now:  # gone, or slower than it used to be: not waited for
-                continue
-            due = max(due or 0.0, answered + turnaround)
-            until = max(until or 0.0, late)
-        if due is None or due > limit:
+            if answered + 2 * turnaround + SLACK_S > now:  # a late one (gone, or slower than it was) is given up on
+                due.append(answered + turnaround)
+                late.append(answered + 2 * turnaround + SLACK_S)
+        if not due or max(due) > limit:
             return None
-        return min(until, limit)
+        return min(max(late), limit)
